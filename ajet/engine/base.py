@@ -1,0 +1,83 @@
+"""The inference-engine interface every backend implements (`hf`, `vllm`).
+
+An engine turns prompt token ids into sampled token ids plus the logprob of each sampled token.
+It never sees text: rendering chat templates and parsing tool calls belong to the proxy, so what the
+trainer learns from is exactly what the engine sampled.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """Per-request sampling settings. `temperature == 0` means greedy decoding.
+
+    Logprobs are always returned: log_softmax(logits / T) at the sampled token, with T = temperature
+    (T = 1 when greedy), before top-p/top-k truncation. That is the distribution the trainer
+    recomputes, so the PPO ratio is 1 for an unchanged policy.
+    """
+
+    max_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass
+class Completion:
+    """What one generate() call returns.
+
+    token_ids includes the stop token when generation ended on one (it is part of what the policy
+    sampled and is trained on). `policy_versions[i]` is the weights version that sampled token i:
+    an update may land between two decode steps of one request.
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+    policy_versions: list[int]
+
+    @property
+    def policy_version(self) -> int:
+        return min(self.policy_versions) if self.policy_versions else -1
+
+
+class Engine(abc.ABC):
+    """Async generation over token ids, batched across concurrent callers by the engine itself."""
+
+    tokenizer: Any
+    policy_version: int = 0
+
+    @abc.abstractmethod
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        """Sample a continuation of `prompt_ids`. Safe to call from many coroutines at once."""
+
+    @abc.abstractmethod
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Load new policy weights (names as in the base model's state_dict) and set the version.
+
+        Applied between two decode steps: in-flight requests continue with the new weights and their
+        later tokens carry the new version.
+        """
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Start background workers, if the engine has any."""
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook
+        """Stop background workers and free memory."""
+
+    @property
+    def max_model_len(self) -> int:
+        return 32768

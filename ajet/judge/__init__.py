@@ -1,0 +1,3 @@
+from ajet.judge.base import BaseJudge
+
+__all__ = ["BaseJudge"]

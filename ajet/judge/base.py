@@ -1,0 +1,24 @@
+"""The judge interface: score a finished episode from its task and the workflow's output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ajet.schema import WorkflowOutput, WorkflowTask
+
+
+class BaseJudge:
+    """Subclass and implement `compute_reward`; may be sync or `async def`.
+
+    Returns `(raw_reward, is_success)`. Called only for episodes whose workflow returned `reward=None`.
+    `config` is the validated `ajet` config, so a judge can read its own settings from
+    `config.task_judge` (extra keys under `task_judge` are kept for it).
+    """
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        self.config = config
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    def compute_reward(self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput) -> tuple[float, bool]:
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_reward(workflow_task, workflow_output)")
