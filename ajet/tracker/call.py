@@ -27,3 +27,7 @@ class LLMCall:
     tool_call_format_error: bool = False
     num_tool_calls: int = 0
     prompt_truncated: bool = False
+    # Which request of the episode this came from (0-based); the n choices of one request share it.
+    turn: int = 0
+    # True when prompt_ids reuse an earlier call's sampled tokens (see ajet.tracker.splice).
+    spliced: bool = False

@@ -1,0 +1,49 @@
+"""From judged groups to the trainer's input: samples paired with their GRPO advantages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ajet.algo import grpo_advantages
+from ajet.rollout.groups import EpisodeGroup
+from ajet.schema import Sample
+
+
+@dataclass
+class TrainingBatch:
+    samples: list[Sample]
+    advantages: list[float]  # one per sample: its episode's advantage
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.input_ids) for s in self.samples)
+
+
+def build_training_batch(
+    groups: Sequence[EpisodeGroup], *, norm_by_std: bool = True, advantage_sign: float = 1.0
+) -> TrainingBatch:
+    """GRPO: each episode's reward is normalised within its group; every sample of the episode shares it.
+
+    `advantage_sign=-1` flips every advantage; it exists for the learning-proof control run (a policy
+    trained on flipped advantages must not learn) and is never set by the config.
+    """
+    rewards, group_ids, owners = [], [], []
+    for group in groups:
+        for episode in group.episodes:
+            rewards.append(float(episode.reward))
+            group_ids.append(group.launch_index)
+            owners.append(episode)
+    if not rewards:
+        return TrainingBatch(samples=[], advantages=[])
+    advantages = grpo_advantages(torch.tensor(rewards, dtype=torch.float32), group_ids, norm_by_std=norm_by_std)
+    samples, sample_advantages = [], []
+    for episode, advantage in zip(owners, advantages.tolist()):
+        for sample in episode.samples:
+            if sample.num_trained_tokens == 0:
+                continue  # nothing sampled (e.g. the prompt alone overflowed): nothing to train
+            samples.append(sample)
+            sample_advantages.append(advantage_sign * advantage)
+    return TrainingBatch(samples=samples, advantages=sample_advantages)

@@ -1,0 +1,102 @@
+"""Building the parts a run needs from the config: model, engine, proxy, workflow, judge, runner.
+
+Shared by training, validation and evaluation so that all three run the agent the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RolloutStack:
+    tokenizer: Any
+    policy: Any  # the model the trainer updates
+    engine: Any
+    proxy: Any
+    runner: Any
+    workflow_cls: type
+    judge: Any
+    shares_weights: bool  # True: engine generates with `policy` itself (synchronous schedule)
+
+    def close(self) -> None:
+        self.runner.close()
+        self.proxy.stop()
+        self.engine.shutdown()
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_workflow_and_judge(cfg: Any) -> tuple[type, Any]:
+    from ajet.imports import import_object
+    from ajet.judge.base import BaseJudge
+    from ajet.workflow import Workflow
+
+    workflow_cls = import_object(cfg.rollout.user_workflow, Workflow, key="ajet.rollout.user_workflow")
+    judge = None
+    if cfg.task_judge.judge_protocol:
+        judge_cls = import_object(cfg.task_judge.judge_protocol, BaseJudge, key="ajet.task_judge.judge_protocol")
+        judge = judge_cls(config=cfg)
+    return workflow_cls, judge
+
+
+def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False) -> RolloutStack:
+    """Load the model once and put an engine and the OpenAI-compatible proxy in front of it.
+
+    With `separate_engine_weights`, the engine gets its own copy of the weights and is refreshed by
+    `engine.update_weights` after each step: the asynchronous schedule trains while the engine samples.
+    Otherwise the engine reads the trainer's model directly (no copy, no transfer); the loop pauses
+    the engine during updates.
+    """
+    from ajet.engine import build_engine
+    from ajet.models import ensure_tool_template, load_model, load_tokenizer
+    from ajet.proxy import ProxyServer
+    from ajet.rollout import RolloutRunner
+
+    device = pick_device()
+    dtype = pick_dtype(cfg.model.dtype, device)
+    tokenizer = load_tokenizer(cfg.model.path)
+    template = ensure_tool_template(tokenizer) if cfg.model.chat_template != "model" else "model"
+    logger.info("chat template: %s", template)
+    policy = load_model(cfg.model.path, dtype=dtype, device=device)
+    engine_model = policy
+    if separate_engine_weights:
+        engine_model = copy.deepcopy(policy).eval()
+        engine_model.requires_grad_(False)
+    engine = build_engine(
+        cfg.rollout.engine,
+        engine_model,
+        tokenizer,
+        max_batch_size=cfg.rollout.max_batch_size,
+        max_model_len=cfg.rollout.max_model_len,
+    )
+    engine.start()
+    proxy = ProxyServer(engine, tokenizer)
+    proxy.start()
+    workflow_cls, judge = load_workflow_and_judge(cfg)
+    runner = RolloutRunner(workflow_cls, judge, proxy, cfg)
+    return RolloutStack(
+        tokenizer=tokenizer,
+        policy=policy,
+        engine=engine,
+        proxy=proxy,
+        runner=runner,
+        workflow_cls=workflow_cls,
+        judge=judge,
+        shares_weights=not separate_engine_weights,
+    )

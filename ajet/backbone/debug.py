@@ -1,0 +1,285 @@
+"""The one-process backbone: rollouts, judging and GRPO updates in a single Python process, no Ray.
+
+One training step, as it reads in `TrainingLoop.step`:
+
+    groups  = await producer.take()                  # num_repeat episodes per task, judged
+    batch   = build_training_batch(groups)           # GRPO advantages per episode -> per sample
+    metrics = trainer.train_step(batch.samples, batch.advantages)
+    push the new weights to the engine; producer.step_done()
+    log, logview, checkpoint, validate
+
+The engine batches generation on its own thread, the proxy serves HTTP on another and each episode
+runs on a worker thread (see ajet.rollout.runner), so a breakpoint in a workflow or judge stops just
+that episode. With `trainer_common.async.max_staleness > 0` the producer keeps rolling out later steps
+while the trainer updates (the engine then holds its own copy of the weights).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ajet.backbone.batch import build_training_batch
+from ajet.backbone.components import RolloutStack, build_rollout_stack, pick_device
+from ajet.backbone.evaluate import evaluate, write_eval_report
+from ajet.rollout.groups import GroupProducer
+from ajet.rollout.metrics import summarize_episodes
+from ajet.rollout.task_stream import TaskStream
+
+logger = logging.getLogger(__name__)
+
+
+def run_debug(cfg: Any, launch_args: Any) -> int:
+    run_dir = Path(getattr(launch_args, "run_dir", None) or _default_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _log_to_file(run_dir / "ajet.log")
+    with_logview = bool(getattr(launch_args, "with_logview", False))
+    if cfg.trainer_common.val_only:
+        return asyncio.run(run_evaluation(cfg, run_dir, with_logview=with_logview))
+    return asyncio.run(TrainingLoop(cfg, run_dir, with_logview=with_logview).run())
+
+
+async def run_evaluation(cfg: Any, run_dir: Path, *, with_logview: bool = False) -> int:
+    """`ajet.trainer_common.val_only=true`: evaluate the model on the validation split and write eval.json."""
+    from ajet.task_reader import build_task_reader
+
+    tasks = build_task_reader(cfg).val_tasks()
+    limit = cfg.trainer_common.val_max_num_task_each_validation
+    tasks = tasks[:limit] if limit else tasks
+    stack = build_rollout_stack(cfg)
+    try:
+        metrics, episodes = await evaluate(stack.runner, tasks, num_repeat=cfg.rollout.val_kwargs.num_repeat)
+    finally:
+        stack.close()
+    report_path = run_dir / "eval.json"
+    write_eval_report(report_path, metrics, episodes, {"model": cfg.model.path, "tasks": len(tasks), "workflow": cfg.rollout.user_workflow})
+    if with_logview:
+        _write_logview(run_dir / "logview" / "eval.html", episodes, stack.tokenizer, None, step=0, title="evaluation")
+    _print_table("evaluation", metrics)
+    print(f"wrote {report_path}")
+    return 0
+
+
+class TrainingLoop:
+    """GRPO training on the debug backbone. `advantage_sign=-1` is the learning-proof control only."""
+
+    def __init__(self, cfg: Any, run_dir: Path, *, with_logview: bool = False, advantage_sign: float = 1.0) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.with_logview = with_logview
+        self.advantage_sign = advantage_sign
+        self.max_staleness = int(cfg.trainer_common.async_.max_staleness)
+        self.history: list[dict[str, float]] = []
+
+    async def run(self) -> int:
+        from ajet.logging import MetricsLogger
+        from ajet.task_reader import build_task_reader
+        from ajet.trainer import PolicyTrainer, latest_checkpoint
+
+        cfg, tc = self.cfg, self.cfg.trainer_common
+        reader = build_task_reader(cfg)
+        train_tasks = reader.train_tasks()
+        val_tasks = reader.val_tasks() if (tc.test_freq or tc.val_before_train) else []
+        if cfg.debug.debug_first_n_tasks:
+            train_tasks = train_tasks[: cfg.debug.debug_first_n_tasks]
+        if tc.val_max_num_task_each_validation:
+            val_tasks = val_tasks[: tc.val_max_num_task_each_validation]
+
+        self.stack = stack = build_rollout_stack(cfg, separate_engine_weights=self.max_staleness > 0)
+        self.trainer = PolicyTrainer(stack.policy, stack.tokenizer, tc, cfg.lora, device=pick_device())
+        step, position, version = 0, 0, 0
+        ckpt = self._resume_from(latest_checkpoint)
+        if ckpt is not None:
+            state = self.trainer.load_checkpoint(ckpt)
+            step, position, version = state["step"], state["stream_position"], state["policy_version"]
+            logger.info("resumed from %s at step %d (task position %d)", ckpt, step, position)
+            print(f"resumed from {ckpt} at step {step}")
+            if not stack.shares_weights:
+                stack.engine.update_weights(self.trainer.engine_weights(), version)
+        stack.engine.policy_version = version
+
+        batch_size = cfg.data.train_batch_size
+        stream = TaskStream(train_tasks, seed=cfg.data.seed, shuffle=cfg.data.shuffle, position=position)
+        total_steps = tc.total_training_steps or tc.total_epochs * math.ceil(len(train_tasks) / batch_size)
+        self.producer = GroupProducer(
+            self._run_group,
+            stream,
+            batch_size=batch_size,
+            max_staleness=self.max_staleness,
+            current_version=lambda: stack.engine.policy_version,
+        )
+        self.metrics_logger = MetricsLogger(self.run_dir, list(tc.logger), cfg.project_name, cfg.experiment_name, cfg.to_dict())
+        last_saved = step
+        try:
+            if tc.val_before_train and val_tasks:
+                await self._validate(val_tasks, step)
+            bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
+            while step < total_steps:
+                metrics = await self.step(step)
+                step += 1
+                self.metrics_logger.log(metrics, step)
+                self.history.append(metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics.get('rollout/reward_mean', 0):.3f}", loss=f"{metrics.get('train/loss', 0):.4f}")
+                if tc.save_freq and step % tc.save_freq == 0:
+                    self._save(step)
+                    last_saved = step
+                if tc.test_freq and val_tasks and step % tc.test_freq == 0:
+                    await self._validate(val_tasks, step)
+            bar.close()
+            if step != last_saved:
+                self._save(step)
+                last_saved = step
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            logger.warning("interrupted at step %d", step)
+            if step != last_saved:
+                self._save(step)
+            raise
+        finally:
+            leftover = await self.producer.close()
+            if leftover:
+                # Finished groups that were never trained: counted, so nothing vanishes silently.
+                logger.warning("%d finished group(s) were not trained (run ended) and are dropped", len(leftover))
+                self.metrics_logger.log({"async/dropped_at_shutdown": float(len(leftover))}, step)
+            self.metrics_logger.close()
+            stack.close()
+        return 0
+
+    async def step(self, step: int) -> dict[str, float]:
+        """One GRPO step: take judged groups, compute advantages, update, serve the new weights."""
+        stack, tc = self.stack, self.cfg.trainer_common
+        t0 = time.perf_counter()
+        taken = await self.producer.take()
+        t_rollout = time.perf_counter() - t0
+        episodes = [e for g in taken.groups for e in g.episodes]
+        batch = build_training_batch(
+            taken.groups, norm_by_std=tc.algorithm.norm_adv_by_std_in_grpo, advantage_sign=self.advantage_sign
+        )
+
+        t1 = time.perf_counter()
+        train_metrics: dict[str, float] = {}
+        if batch.samples:
+            with self._engine_paused():
+                train_metrics = await asyncio.to_thread(
+                    self.trainer.train_step, batch.samples, batch.advantages, self.cfg.rollout.temperature
+                )
+        else:
+            logger.warning("step %d: no trainable tokens in the batch (all episodes failed before sampling?)", step)
+        new_version = step + 1
+        if stack.shares_weights:
+            stack.engine.policy_version = new_version
+        else:
+            stack.engine.update_weights(self.trainer.engine_weights(), new_version)
+        t_train = time.perf_counter() - t1
+        self.producer.step_done()
+
+        metrics = summarize_episodes(episodes)
+        metrics.update({f"train/{k}": float(v) for k, v in train_metrics.items()})
+        judge_s = sum(e.metrics.get("judge_s", 0.0) for e in episodes)
+        metrics.update(
+            {
+                "timing/rollout_s": t_rollout,
+                "timing/judge_s_sum": judge_s,
+                "timing/train_s": t_train,
+                "timing/step_s": time.perf_counter() - t0,
+                "train/samples": float(len(batch.samples)),
+                "train/tokens": float(batch.num_tokens),
+                "async/policy_version": float(new_version),
+                "async/dropped_groups": float(len(taken.dropped)),
+                "async/dropped_groups_total": float(self.producer.dropped_total),
+                "async/staleness_max": float(max(taken.staleness) if taken.staleness else 0),
+                "async/groups_spanning_versions": float(sum(g.spans_versions for g in taken.groups)),
+            }
+        )
+        for staleness, count in taken.staleness.items():
+            metrics[f"async/staleness_hist/{staleness}"] = float(count)
+        if self.with_logview:
+            advantages = {id(s): a for s, a in zip(batch.samples, batch.advantages)}
+            _write_logview(
+                self.run_dir / "logview" / f"step_{step + 1:05d}.html", episodes, stack.tokenizer, advantages,
+                step=step + 1, title=f"{self.cfg.experiment_name} step {step + 1}",
+            )
+        return metrics
+
+    async def _run_group(self, task: Any, launch_index: int) -> list:
+        return await self.stack.runner.run_batch([task], self.cfg.rollout.num_repeat)
+
+    async def _validate(self, val_tasks: list, step: int) -> None:
+        metrics, episodes = await evaluate(self.stack.runner, val_tasks, num_repeat=self.cfg.rollout.val_kwargs.num_repeat)
+        self.metrics_logger.log(metrics, step)
+        write_eval_report(self.run_dir / "validation" / f"step_{step:05d}.json", metrics, episodes, {"step": step})
+
+    def _save(self, step: int) -> None:
+        state = {
+            "step": step,
+            "stream_position": self.producer.consumed_position,
+            "policy_version": self.stack.engine.policy_version,
+            "dropped_groups_total": self.producer.dropped_total,
+        }
+        path = self.trainer.save_checkpoint(self.run_dir / "checkpoints", step=step, extra_state=state)
+        logger.info("saved checkpoint %s", path)
+
+    def _resume_from(self, latest_checkpoint: Any) -> Path | None:
+        resume = str(self.cfg.trainer_common.resume)
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return latest_checkpoint(self.run_dir / "checkpoints")
+        path = Path(resume)
+        if not path.exists():
+            raise FileNotFoundError(f"ajet.trainer_common.resume={resume!r}: no such checkpoint directory")
+        return latest_checkpoint(path) or path
+
+    @contextlib.contextmanager
+    def _engine_paused(self):
+        """With shared weights the engine must not decode mid-update; otherwise nothing to hold."""
+        pause = getattr(self.stack.engine, "paused", None)
+        if self.stack.shares_weights and pause is not None:
+            with pause():
+                yield
+        else:
+            yield
+
+
+def _write_logview(path: Path, episodes: list, tokenizer: Any, advantages: dict | None, *, step: int, title: str) -> None:
+    from ajet.logging import write_logview
+
+    try:
+        write_logview(path, episodes, tokenizer, advantages, step=step, title=title)
+    except Exception:  # noqa: BLE001 - a visualisation failure must never stop training
+        logger.exception("writing the logview page %s failed", path)
+
+
+def _default_run_dir(cfg: Any) -> Path:
+    from ajet.config import resolve_experiment_dir
+
+    return resolve_experiment_dir(cfg)
+
+
+def _log_to_file(path: Path) -> None:
+    root = logging.getLogger("ajet")
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _print_table(title: str, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(metrics.items()):
+        table.add_row(key, f"{value:.4g}")
+    Console().print(table)

@@ -1,0 +1,48 @@
+"""Validation and stand-alone evaluation: run the agent greedily over held-out tasks and report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ajet.rollout.metrics import summarize_episodes
+from ajet.schema import EpisodeResult, Task
+
+logger = logging.getLogger(__name__)
+
+
+async def evaluate(runner: Any, tasks: Sequence[Task], *, num_repeat: int = 1) -> tuple[dict[str, float], list[EpisodeResult]]:
+    """Run `num_repeat` validation episodes per task (val sampling settings); return metrics and episodes."""
+    t0 = time.perf_counter()
+    episodes = await runner.run_batch(list(tasks), num_repeat, validation=True)
+    metrics = summarize_episodes(episodes, prefix="val/")
+    metrics["val/accuracy"] = metrics.get("val/success_rate", 0.0)
+    metrics["val/time_s"] = time.perf_counter() - t0
+    return metrics, episodes
+
+
+def write_eval_report(path: Path, metrics: dict[str, float], episodes: Sequence[EpisodeResult], settings: dict[str, Any]) -> None:
+    """The evaluation JSON: aggregate metrics, the settings that produced them and one line per episode."""
+    report = {
+        "settings": settings,
+        "metrics": metrics,
+        "episodes": [
+            {
+                "task_id": e.task_id,
+                "reward": e.reward,
+                "is_success": e.is_success,
+                "turns": e.num_turns,
+                "tool_calls": e.metrics.get("tool_calls", 0),
+                "response_tokens": sum(s.num_trained_tokens for s in e.samples),
+                "final_answer": (e.output.metadata.get("final_answer") if e.output else None),
+                "reference": e.task.metadata.get("reference_answer"),
+                "error": (e.error or e.judge_error or "").splitlines()[0] if (e.error or e.judge_error) else None,
+            }
+            for e in episodes
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))

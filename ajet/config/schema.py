@@ -1,0 +1,318 @@
+"""The typed shape of the `ajet:` config block.
+
+Every field mirrors a key of `default.yaml`, which is the only place defaults live: the loader always
+merges the user's YAML over that file, so fields here are declared without defaults and a key set to
+null (or removed by a broken default file) fails validation instead of silently taking a second,
+diverging default. Documentation for each key is the comment beside it in `default.yaml`.
+
+Sections forbid unknown keys (typos get a "did you mean" from the loader), except `task_judge`,
+which keeps extra keys for user judges, and `verl`, a free-form pass-through for the verl backbone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from ajet.config.merge import deep_merge
+
+# Strings the tutorials use where the user must put a model; loading one is always a mistake.
+MODEL_PATH_PLACEHOLDERS = ("YOUR_MODEL_PATH",)
+
+
+class Section(BaseModel):
+    """Base of every config block: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(min_length=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    chat_template: str
+
+    @field_validator("path")
+    @classmethod
+    def _not_placeholder(cls, value: str) -> str:
+        if value.strip() in MODEL_PATH_PLACEHOLDERS or value.strip().startswith("YOUR_"):
+            raise ValueError(
+                f"{value!r} is the tutorial's placeholder; set ajet.model.path to the model to train: "
+                "a local model directory (e.g. /models/Qwen2.5-0.5B-Instruct), a Hugging Face hub id "
+                "(e.g. Qwen/Qwen2.5-0.5B-Instruct), or builtin:smollm2-135m-instruct for a CPU-sized "
+                "model that needs no download (or pass model.path=... on the command line)"
+            )
+        return value
+
+
+class DataConfig(Section):
+    train_batch_size: PositiveInt
+    max_prompt_length: PositiveInt
+    max_response_length: PositiveInt
+    shuffle: bool
+    seed: int
+
+
+class MultiTurnConfig(Section):
+    max_steps: PositiveInt
+
+
+class ValKwargsConfig(Section):
+    temperature: NonNegativeFloat
+    top_p: float = Field(gt=0.0, le=1.0)
+    top_k: int = Field(ge=-1)
+    do_sample: bool
+    num_repeat: PositiveInt
+
+
+class RolloutConfig(Section):
+    user_workflow: str = Field(min_length=1)
+    engine: Literal["hf", "vllm"]
+    num_repeat: PositiveInt
+    temperature: NonNegativeFloat
+    top_p: float = Field(gt=0.0, le=1.0)
+    top_k: int = Field(ge=-1)
+    max_env_worker: PositiveInt
+    max_response_length_in_one_turn: PositiveInt
+    max_model_len: PositiveInt
+    episode_timeout: PositiveFloat
+    max_batch_size: PositiveInt
+    force_disable_toolcalls: bool
+    multi_turn: MultiTurnConfig
+    val_kwargs: ValKwargsConfig
+
+
+class HuggingFaceRepoConfig(Section):
+    dataset_path: str | None
+    dataset_name: str | None
+    training_split: str
+    validation_split: str | None
+
+
+class FileSplitConfig(Section):
+    file_path: str | None
+
+
+class DatasetFileConfig(Section):
+    training: FileSplitConfig
+    validation: FileSplitConfig
+
+
+class EnvServiceConfig(Section):
+    env_type: str | None
+    env_url: str | None
+    training_split: str
+    validation_split: str | None
+    timeout: PositiveFloat
+
+
+TaskReaderType = Literal["huggingface_dat_repo", "dataset_file", "env_service"]
+
+
+class TaskReaderConfig(Section):
+    type: TaskReaderType
+    huggingface_dat_repo: HuggingFaceRepoConfig
+    dataset_file: DatasetFileConfig
+    env_service: EnvServiceConfig
+    query_field: str = Field(min_length=1)
+    answer_field: str | None
+    id_field: str | None
+    on_missing_field: Literal["error", "skip"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _jsonl_alias(cls, data: Any) -> Any:
+        # AgentJet calls the file reader `jsonl_dataset_file`; it reads .json/.parquet too, so ours
+        # is `dataset_file` and the old name is accepted for both the type and the block.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("type") == "jsonl_dataset_file":
+            data["type"] = "dataset_file"
+        if "jsonl_dataset_file" in data:
+            alias_block = data.pop("jsonl_dataset_file")
+            if alias_block is not None:
+                data["dataset_file"] = deep_merge(data.get("dataset_file") or {}, alias_block)
+        return data
+
+    @model_validator(mode="after")
+    def _selected_reader_is_complete(self) -> "TaskReaderConfig":
+        if self.type == "huggingface_dat_repo" and not self.huggingface_dat_repo.dataset_path:
+            raise ValueError(
+                "ajet.task_reader.huggingface_dat_repo.dataset_path is required when task_reader.type is "
+                "huggingface_dat_repo: a hub id (openai/gsm8k) or a local directory of <split>.jsonl files"
+            )
+        if self.type == "dataset_file" and not self.dataset_file.training.file_path:
+            raise ValueError(
+                "ajet.task_reader.dataset_file.training.file_path is required when task_reader.type is "
+                "dataset_file: the path of a .jsonl, .json or .parquet file of training tasks"
+            )
+        if self.type == "env_service" and not self.env_service.env_url:
+            raise ValueError(
+                "ajet.task_reader.env_service.env_url is required when task_reader.type is env_service: "
+                "the base URL of the environment service, e.g. http://127.0.0.1:8080"
+            )
+        return self
+
+
+class LlmJudgeConfig(Section):
+    enabled: bool
+    base_url: str | None
+    api_key_env: str
+    model: str | None
+    timeout: PositiveFloat
+
+
+class TaskJudgeConfig(Section):
+    # Extra keys stay: a user judge reads its own settings from `config.task_judge.<key>`.
+    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True)
+
+    judge_protocol: str | None
+    llm_judge: LlmJudgeConfig
+    format_penalty: float
+    behavior_penalty: float
+
+
+class PythonExecutorConfig(Section):
+    timeout: PositiveFloat
+    cpu_seconds: PositiveInt
+    memory_mb: PositiveInt
+    max_output_bytes: PositiveInt
+    max_concurrency: PositiveInt
+    disable_network: bool
+
+
+class ToolsConfig(Section):
+    python_executor: PythonExecutorConfig
+
+
+class LoraConfig(Section):
+    lora_rank: NonNegativeInt
+    lora_alpha: PositiveFloat
+    lora_dropout: float = Field(ge=0.0, lt=1.0)
+    target_modules: str | list[str]
+
+
+class AlgorithmConfig(Section):
+    adv_estimator: str
+    norm_adv_by_std_in_grpo: bool
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
+
+
+class OptimConfig(Section):
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat
+    betas: tuple[float, float]
+    grad_clip: PositiveFloat | None
+    lr_warmup_steps: NonNegativeInt
+
+    @field_validator("lr_warmup_steps", mode="before")
+    @classmethod
+    def _negative_means_none(cls, value: Any) -> Any:
+        # AgentJet (and verl) write -1 for "no warmup".
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            return 0
+        return value
+
+
+class RolloutCorrectionConfig(Section):
+    tis_cap: PositiveFloat | None
+    mask_low: NonNegativeFloat | None
+    mask_high: PositiveFloat | None
+
+    @model_validator(mode="after")
+    def _band_is_ordered(self) -> "RolloutCorrectionConfig":
+        if self.mask_low is not None and self.mask_high is not None and self.mask_low >= self.mask_high:
+            raise ValueError(
+                f"ajet.trainer_common.rollout_correction.mask_low ({self.mask_low}) must be below "
+                f"mask_high ({self.mask_high})"
+            )
+        return self
+
+
+class AsyncConfig(Section):
+    max_staleness: NonNegativeInt
+    queue_size: PositiveInt
+
+
+LoggerName = Literal["console", "jsonl", "swanlab"]
+
+
+class TrainerCommonConfig(Section):
+    total_epochs: PositiveInt
+    total_training_steps: PositiveInt | None
+    save_freq: NonNegativeInt
+    test_freq: NonNegativeInt
+    val_before_train: bool
+    val_only: bool
+    logger: list[LoggerName]
+    experiment_dir: str = Field(min_length=1)
+    resume: str = Field(min_length=1)
+    max_checkpoints_to_keep: NonNegativeInt | None
+    logview_episodes: NonNegativeInt
+    algorithm: AlgorithmConfig
+    clip_ratio_low: NonNegativeFloat
+    clip_ratio_high: NonNegativeFloat
+    use_kl_loss: bool
+    kl_loss_coef: NonNegativeFloat
+    kl_loss_type: Literal["kl", "abs", "mse", "low_var_kl"]
+    entropy_coeff: float
+    ppo_epochs: PositiveInt
+    mini_batch_num: PositiveInt
+    micro_batch_size: PositiveInt
+    optim: OptimConfig
+    rollout_correction: RolloutCorrectionConfig
+    # `async` is a Python keyword: read it as `cfg.trainer_common.async_`; YAML and dumps say `async`.
+    async_: AsyncConfig = Field(alias="async")
+
+    @field_validator("logger", mode="before")
+    @classmethod
+    def _single_logger(cls, value: Any) -> Any:
+        # AgentJet writes `logger: swanlab`; a comma list is accepted for command-line overrides.
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+
+class DebugConfig(Section):
+    debug_first_n_tasks: PositiveInt | None
+    debug_max_parallel: PositiveInt
+
+
+class AjetConfig(Section):
+    """The validated `ajet:` block. Attribute access mirrors the YAML (`cfg.rollout.num_repeat`)."""
+
+    project_name: str = Field(min_length=1)
+    experiment_name: str = Field(min_length=1)
+    backbone: Literal["debug", "verl"]
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig
+    task_reader: TaskReaderConfig
+    task_judge: TaskJudgeConfig
+    tools: ToolsConfig
+    lora: LoraConfig
+    trainer_common: TrainerCommonConfig
+    debug: DebugConfig
+    # Passed through untouched to the verl backbone (verl's own config keys).
+    verl: dict[str, Any] = Field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective config as plain data, without the `ajet:` wrapper (mirrors attribute access)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_yaml(self) -> str:
+        """The effective config as YAML under `ajet:`; `load_config` reads it back to an equal config."""
+        return yaml.safe_dump({"ajet": self.to_dict()}, sort_keys=False, allow_unicode=True)
+

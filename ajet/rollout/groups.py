@@ -1,0 +1,160 @@
+"""The boundary between rollout and training: a bounded supply of finished, judged groups.
+
+A group is the `num_repeat` episodes of one task (what GRPO normalises over). The producer launches
+groups ahead of the trainer within a staleness budget and the trainer takes finished ones:
+
+    trainer has done k steps  ->  groups with launch index < (k + 1 + max_staleness) * batch_size + dropped
+                                  may be in flight
+
+With `max_staleness = 0` only the current step's groups are ever in flight, which is the synchronous
+loop; with s > 0 rollouts for up to s later steps run while the trainer updates. A group whose oldest
+sampled token is more than `max_staleness` policy versions behind the trainer when it is taken is
+dropped and counted (never silently), and its slot goes back to the budget so batches stay full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ajet.rollout.task_stream import TaskStream
+from ajet.schema import EpisodeResult, Task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EpisodeGroup:
+    task: Task
+    episodes: list[EpisodeResult]
+    launch_index: int
+    launch_version: int
+
+    @property
+    def oldest_version(self) -> int:
+        """Oldest policy version among the group's sampled tokens (launch version if none sampled)."""
+        versions = [s.oldest_version for e in self.episodes for s in e.samples if s.oldest_version >= 0]
+        return min(versions) if versions else self.launch_version
+
+    @property
+    def spans_versions(self) -> bool:
+        return any(len(s.versions) > 1 for e in self.episodes for s in e.samples)
+
+
+@dataclass
+class TakeResult:
+    groups: list[EpisodeGroup]
+    dropped: list[EpisodeGroup] = field(default_factory=list)
+    staleness: Counter = field(default_factory=Counter)
+
+
+class GroupProducer:
+    """Launches groups from a TaskStream on the running loop and hands finished groups to the trainer.
+
+    run_group: coroutine function (task, launch_index) -> list[EpisodeResult] (usually
+        `lambda t, i: runner.run_batch([t], num_repeat)`).
+    current_version: callable giving the policy version the engine serves now.
+    """
+
+    def __init__(
+        self,
+        run_group: Callable[[Task, int], Any],
+        stream: TaskStream,
+        *,
+        batch_size: int,
+        max_staleness: int = 0,
+        current_version: Callable[[], int] = lambda: 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if max_staleness < 0:
+            raise ValueError("max_staleness must be >= 0")
+        self._run_group = run_group
+        self._stream = stream
+        self.batch_size = batch_size
+        self.max_staleness = max_staleness
+        self._current_version = current_version
+        self._finished: asyncio.Queue[EpisodeGroup] = asyncio.Queue()
+        self._in_flight: set[asyncio.Task] = set()
+        self._launched = 0
+        self._dropped_total = 0
+        self._steps_done = 0
+        self._start_position = stream.position
+
+    # -- trainer side -----------------------------------------------------------------------------
+
+    async def take(self) -> TakeResult:
+        """Wait for `batch_size` fresh finished groups; drop (and count) stale ones on the way."""
+        result = TakeResult(groups=[])
+        self._fill()
+        while len(result.groups) < self.batch_size:
+            group = await self._finished.get()
+            staleness = self._current_version() - group.oldest_version
+            result.staleness[staleness] += 1
+            if staleness > self.max_staleness:
+                result.dropped.append(group)
+                self._dropped_total += 1
+                logger.info(
+                    "dropped group of task %s: oldest token version %d, trainer at %d (max_staleness=%d)",
+                    group.task.task_id, group.oldest_version, self._current_version(), self.max_staleness,
+                )
+                self._fill()  # the dropped slot goes back to the budget
+                continue
+            result.groups.append(group)
+        return result
+
+    def step_done(self) -> None:
+        """The trainer finished a step (weights updated): more groups may launch."""
+        self._steps_done += 1
+        self._fill()
+
+    @property
+    def pending(self) -> int:
+        """Groups launched but not yet taken (in flight or finished and waiting)."""
+        return len(self._in_flight) + self._finished.qsize()
+
+    @property
+    def consumed_position(self) -> int:
+        """Stream position to resume from: everything launched minus what is still pending.
+
+        Exact for the synchronous schedule (nothing is pending at a checkpoint). In the asynchronous one,
+        groups still pending are re-launched after a resume rather than restored: a resumed run starts
+        with an empty queue, as it must, since their tokens came from an older policy.
+        """
+        return self._start_position + self._launched - self.pending
+
+    @property
+    def dropped_total(self) -> int:
+        return self._dropped_total
+
+    async def close(self) -> list[EpisodeGroup]:
+        """Stop launching; cancel in-flight groups; return finished-but-untrained groups (to be counted)."""
+        for task in list(self._in_flight):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        leftover = []
+        while not self._finished.empty():
+            leftover.append(self._finished.get_nowait())
+        return leftover
+
+    # -- producer side ----------------------------------------------------------------------------
+
+    def _budget(self) -> int:
+        return (self._steps_done + 1 + self.max_staleness) * self.batch_size + self._dropped_total
+
+    def _fill(self) -> None:
+        while self._launched < self._budget():
+            task = self._stream.next()
+            index = self._launched
+            self._launched += 1
+            job = asyncio.ensure_future(self._run(task, index, self._current_version()))
+            self._in_flight.add(job)
+            job.add_done_callback(self._in_flight.discard)
+
+    async def _run(self, task: Task, index: int, version: int) -> None:
+        episodes = await self._run_group(task, index)
+        await self._finished.put(EpisodeGroup(task=task, episodes=list(episodes), launch_index=index, launch_version=version))

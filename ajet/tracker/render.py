@@ -1,0 +1,107 @@
+"""Chat-template rendering of OpenAI-format messages, and the message normalisation it needs.
+
+Agent libraries send the same conversation in different shapes: AgentScope's formatters and
+LangChain send content as a list of `{"type": "text", "text": ...}` parts, some send `content: None`
+next to tool calls, tool-call arguments arrive as JSON strings (OpenAI) while HF chat templates
+expect dicts. `normalize_messages` maps all of these to one shape so that (a) the template renders
+them and (b) two requests carrying the same conversation compare equal.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+Message = dict[str, Any]
+
+
+def content_text(content: Any) -> str:
+    """Flatten OpenAI content (str, None, or a list of parts) to text; non-text parts are dropped."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        pieces = []
+        for part in content:
+            if isinstance(part, str):
+                pieces.append(part)
+            elif isinstance(part, dict) and part.get("type", "text") == "text":
+                pieces.append(str(part.get("text", "")))
+        return "".join(pieces)
+    return str(content)
+
+
+def _arguments_for_template(arguments: Any) -> Any:
+    # HF chat templates (Qwen's included) render `arguments | tojson`, so a JSON string would come
+    # out double-quoted; hand them the decoded object. Undecodable strings stay as sent.
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except (json.JSONDecodeError, ValueError):
+            return arguments
+    return arguments
+
+
+def normalize_message(message: Message) -> Message:
+    """One message in the shape chat templates expect; unknown keys are dropped."""
+    role = message.get("role", "user")
+    out: Message = {"role": role, "content": content_text(message.get("content"))}
+    if role == "assistant" and message.get("tool_calls"):
+        calls = []
+        for call in message["tool_calls"]:
+            fn = call.get("function", call)
+            calls.append(
+                {
+                    "id": call.get("id", ""),
+                    "type": "function",
+                    "function": {"name": fn.get("name", ""), "arguments": _arguments_for_template(fn.get("arguments", {}))},
+                }
+            )
+        out["tool_calls"] = calls
+    if role == "tool":
+        if message.get("tool_call_id") is not None:
+            out["tool_call_id"] = message["tool_call_id"]
+        if message.get("name") is not None:
+            out["name"] = message["name"]
+    return out
+
+
+def normalize_messages(messages: list[Message]) -> list[Message]:
+    return [normalize_message(m) for m in messages]
+
+
+def same_assistant_turn(returned: Message, resent: Message) -> bool:
+    """Whether `resent` (from a later request) is the assistant message the proxy returned.
+
+    Agents rewrite what they store (strip whitespace, re-serialise arguments, drop `content: None`),
+    so this compares role, stripped text and the tool-call ids, which the proxy made unique.
+    """
+    if resent.get("role") != "assistant":
+        return False
+    if content_text(returned.get("content")).strip() != content_text(resent.get("content")).strip():
+        return False
+    returned_ids = [c.get("id") for c in returned.get("tool_calls") or []]
+    resent_ids = [c.get("id") for c in resent.get("tool_calls") or []]
+    return returned_ids == resent_ids
+
+
+class ChatRenderer:
+    """Renders normalised messages to token ids with the tokenizer's chat template.
+
+    Renders text first and encodes it without adding special tokens: the template already wrote
+    them, and `apply_chat_template(tokenize=True)` changed return type across transformers versions.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def render_text(self, messages: list[Message], tools: list[dict] | None, *, add_generation_prompt: bool) -> str:
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
+        if tools:
+            kwargs["tools"] = tools
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+    def render_ids(self, messages: list[Message], tools: list[dict] | None, *, add_generation_prompt: bool) -> list[int]:
+        text = self.render_text(messages, tools, add_generation_prompt=add_generation_prompt)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
