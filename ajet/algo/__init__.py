@@ -3,7 +3,11 @@
 from ajet.algo.advantages import grpo_advantages
 from ajet.algo.losses import entropy_from_logits, kl_penalty, policy_loss
 from ajet.algo.masking import AGG_MODES, agg_loss, masked_mean, masked_sum
-from ajet.algo.rollout_correction import logprob_gap_metrics, ratio_band_mask, truncated_is_weights
+from ajet.algo.rollout_correction import (
+    logprob_gap_metrics,
+    ratio_band_mask,
+    truncated_is_weights,
+)
 
 __all__ = [
     "AGG_MODES",

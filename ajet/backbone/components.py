@@ -86,7 +86,7 @@ def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False) -> R
         max_model_len=cfg.rollout.max_model_len,
     )
     engine.start()
-    proxy = ProxyServer(engine, tokenizer)
+    proxy = ProxyServer(engine, tokenizer, disable_tool_calls=cfg.rollout.force_disable_toolcalls)
     proxy.start()
     workflow_cls, judge = load_workflow_and_judge(cfg)
     runner = RolloutRunner(workflow_cls, judge, proxy, cfg)

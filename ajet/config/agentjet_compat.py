@@ -8,9 +8,10 @@ errors. Only the names listed here get that treatment; any other unknown key is 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from ajet.config.merge import deep_merge, pop_path, set_path
+from ajet.config.merge import pop_path, set_path
 
 # AgentJet name -> ajet name (paths relative to the `ajet:` block).
 RENAMED_KEYS: dict[str, str] = {
@@ -25,6 +26,7 @@ IGNORED_KEYS: tuple[str, ...] = (
     "task_runner",
     "enable_swarm_mode",
     "enable_interchange_server",
+    "enable_experimental_interchange_server",
     "interchange_server",
     "swarm_mode_sample_collection_method",
     "swarm_mode_sample_collection_max_cached_episodes",
@@ -35,11 +37,10 @@ IGNORED_KEYS: tuple[str, ...] = (
     "rollout.compute_madness_checklist",
     "rollout.agent_madness_termination",
     "rollout.agent_madness_reward",
-    "rollout.tensor_model_parallel_size",
     "rollout.n_vllm_engine",
     "rollout.max_num_seqs",
     "rollout.name",
-    "rollout.gpu_memory_utilization",
+    "rollout.mode",
     "rollout.ppo_max_token_len_per_gpu",
     "rollout.chat_template_generate_prompt_type",
     "rollout.multi_turn.max_sample_per_task",
@@ -48,11 +49,8 @@ IGNORED_KEYS: tuple[str, ...] = (
     "task_reader.huggingface_dat_repo.http_proxy_address",
     "task_reader.data_generation",
     "task_judge.judge_type",  # task_judge keeps unknown keys anyway; listed so the warning names it
-    "trainer_common.nnodes",
-    "trainer_common.n_gpus_per_node",
     "trainer_common.fsdp_config",
     "trainer_common.val_pass_n",
-    "trainer_common.val_max_num_task_each_validation",
     "trainer_common.val_max_num_task_clip_method",
     "trainer_common.val_print_to_markdown_file_path",
     "trainer_common.train_print_to_markdown_file_path",
@@ -82,17 +80,27 @@ IGNORED_KEYS: tuple[str, ...] = (
 # Top-level blocks beside `ajet:` that only mean something to Hydra.
 IGNORED_TOP_LEVEL: tuple[str, ...] = ("hydra", "defaults")
 
+# AgentJet's built-in classes named in import specs -> ours.
+SPEC_ALIASES: dict[str, str] = {
+    "ajet.task_judge.env_service_as_judge->EnvServiceJudge": "ajet.task_reader.env_service->EnvServiceJudge",
+}
+SPEC_KEYS: tuple[str, ...] = ("rollout.user_workflow", "task_judge.judge_protocol")
+
 # AgentJet's predecessor called the block `astune:`.
 TOP_LEVEL_ALIASES: tuple[str, ...] = ("astune",)
 
 
-def translate_agentjet_keys(ajet_block: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+def translate_agentjet_keys(
+    ajet_block: dict[str, Any], known: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[str], list[str]]:
     """Rename and drop AgentJet-only keys in a user's `ajet:` block.
 
+    known: the packaged defaults; a listed key that ajet has since adopted (it is in `known`) is
+    kept, so the lists here never shadow a real key.
     Returns (translated block, ignored key paths, "old -> new" renames). The input is not modified.
     A renamed key never overwrites the new name when both are given: the new name wins.
     """
-    block = deep_merge({}, ajet_block)  # a deep copy of the mapping structure
+    block = copy.deepcopy(ajet_block)
     renames: list[str] = []
     for old, new in RENAMED_KEYS.items():
         found, value = pop_path(block, old)
@@ -102,7 +110,13 @@ def translate_agentjet_keys(ajet_block: dict[str, Any]) -> tuple[dict[str, Any],
         already = _get_path(block, new)
         if already is _MISSING:
             set_path(block, new, value)
-    ignored = [path for path in IGNORED_KEYS if pop_path(block, path)[0]]
+    for path in SPEC_KEYS:
+        spec = _get_path(block, path)
+        if isinstance(spec, str) and spec.strip() in SPEC_ALIASES:
+            set_path(block, path, SPEC_ALIASES[spec.strip()])
+            renames.append(f"{path}: {spec.strip()} -> {SPEC_ALIASES[spec.strip()]}")
+    adopted = {path for path in IGNORED_KEYS if known is not None and _get_path(known, path) is not _MISSING}
+    ignored = [path for path in IGNORED_KEYS if path not in adopted and pop_path(block, path)[0]]
     return block, ignored, renames
 
 

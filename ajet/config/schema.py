@@ -89,6 +89,10 @@ class RolloutConfig(Section):
     episode_timeout: PositiveFloat
     max_batch_size: PositiveInt
     force_disable_toolcalls: bool
+    allow_request_sampling_override: bool = False
+    tensor_model_parallel_size: PositiveInt
+    gpu_memory_utilization: float = Field(gt=0.0, le=1.0)
+    proxy_host: str = Field(min_length=1)
     multi_turn: MultiTurnConfig
     val_kwargs: ValKwargsConfig
 
@@ -243,7 +247,6 @@ class RolloutCorrectionConfig(Section):
 
 class AsyncConfig(Section):
     max_staleness: NonNegativeInt
-    queue_size: PositiveInt
 
 
 LoggerName = Literal["console", "jsonl", "swanlab"]
@@ -251,12 +254,16 @@ LoggerName = Literal["console", "jsonl", "swanlab"]
 
 class TrainerCommonConfig(Section):
     total_epochs: PositiveInt
+    n_gpus_per_node: PositiveInt
+    nnodes: PositiveInt
     total_training_steps: PositiveInt | None
     save_freq: NonNegativeInt
     test_freq: NonNegativeInt
     val_before_train: bool
     val_only: bool
+    val_max_num_task_each_validation: PositiveInt | None
     logger: list[LoggerName]
+    swanlab_mode: Literal["auto", "online", "offline", "local", "disabled"]
     experiment_dir: str = Field(min_length=1)
     resume: str = Field(min_length=1)
     max_checkpoints_to_keep: NonNegativeInt | None
@@ -264,6 +271,7 @@ class TrainerCommonConfig(Section):
     algorithm: AlgorithmConfig
     clip_ratio_low: NonNegativeFloat
     clip_ratio_high: NonNegativeFloat
+    clip_ratio_c: float | None = Field(gt=1.0)
     use_kl_loss: bool
     kl_loss_coef: NonNegativeFloat
     kl_loss_type: Literal["kl", "abs", "mse", "low_var_kl"]
@@ -316,3 +324,10 @@ class AjetConfig(Section):
         """The effective config as YAML under `ajet:`; `load_config` reads it back to an equal config."""
         return yaml.safe_dump({"ajet": self.to_dict()}, sort_keys=False, allow_unicode=True)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The loader may extend this class at run time (a default.yaml key without a typed field
+        # yet); such a class cannot be found by name in another process, so a config crosses
+        # process boundaries (Ray, multiprocessing) as plain data and is validated again there.
+        from ajet.config.loader import validate_config
+
+        return (validate_config, (self.to_dict(),))

@@ -35,6 +35,10 @@ class SamplingParams:
 FinishReason = Literal["stop", "length", "abort"]
 
 
+class EngineClosedError(RuntimeError):
+    """Raised by generate() for requests that were waiting or running when the engine shut down."""
+
+
 @dataclass
 class Completion:
     """What one generate() call returns.

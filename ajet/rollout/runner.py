@@ -1,6 +1,6 @@
 """Running episodes: one workflow + one judge call per episode, many episodes at once.
 
-Each episode runs on its own worker thread with its own event loop. User workflows are ordinary agent
+Each episode runs on a worker thread, on that thread's own event loop. User workflows are ordinary agent
 code: the seed's raw-HTTP example calls blocking `requests.post`, LangChain agents may call `invoke`.
 On a shared event loop one blocking episode would stall every other; on its own thread it stalls only
 itself, and breakpoints set in a workflow or judge still stop just that episode under debugpy.
@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import threading
 import time
 import traceback
 import uuid
@@ -105,6 +106,7 @@ class RolloutRunner:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.settings.max_concurrency, thread_name_prefix="ajet-episode"
         )
+        self._thread_state = threading.local()
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -152,10 +154,18 @@ class RolloutRunner:
     # -- one episode ----------------------------------------------------------------------------
 
     def _run_episode_in_thread(self, task: Task, repeat_index: int, episode_id: str, validation: bool) -> EpisodeResult:
-        return asyncio.run(self._episode(task, repeat_index, episode_id, validation))
+        # One long-lived loop per worker thread, not asyncio.run per episode: HTTP clients that user
+        # code never closes schedule their cleanup on the loop they were made on when collected,
+        # which fails noisily on a loop that asyncio.run has already closed.
+        loop = getattr(self._thread_state, "loop", None)
+        if loop is None:
+            loop = self._thread_state.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(self._episode(task, repeat_index, episode_id, validation))
 
     async def _episode(self, task: Task, repeat_index: int, episode_id: str, validation: bool) -> EpisodeResult:
         from ajet.proxy import EpisodeLimits
+        from ajet.task_reader import bind_env
         from ajet.tuner import AjetTuner
 
         s = self.settings
@@ -165,9 +175,19 @@ class RolloutRunner:
             max_response_tokens_per_turn=s.max_tokens_per_turn,
             max_total_tokens=s.max_total_tokens,
         )
-        handle = self.proxy.open_episode(episode_id, s.sampling(validation), limits)
+        handle = self.proxy.open_episode(episode_id, s.sampling(validation), limits, task_id=task.task_id)
         tuner = AjetTuner(self.proxy.base_url, handle.api_key, episode_id)
         workflow_task = WorkflowTask(task=task, episode_id=episode_id, repeat_index=repeat_index)
+        bind_env(workflow_task)  # tasks from an env service get their environment handle
+        try:
+            return await self._run_and_score(workflow_task, tuner, handle)
+        finally:
+            if workflow_task.env is not None:
+                await _close_quietly(workflow_task.env, "close")
+
+    async def _run_and_score(self, workflow_task: WorkflowTask, tuner: Any, handle: Any) -> EpisodeResult:
+        s = self.settings
+        task, repeat_index, episode_id = workflow_task.task, workflow_task.repeat_index, workflow_task.episode_id
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -286,11 +306,13 @@ def _per_sample_rewards(reward: float | list[float], n_samples: int) -> list[flo
     return [float(r) for r in padded]
 
 
-async def _close_quietly(tuner: Any) -> None:
-    close = getattr(tuner, "aclose", None)
+async def _close_quietly(resource: Any, method: str = "aclose") -> None:
+    close = getattr(resource, method, None)
     if close is None:
         return
     try:
-        await close()
-    except Exception:  # noqa: BLE001 - closing an HTTP client must not turn a good episode into a failure
-        logger.debug("tuner close failed", exc_info=True)
+        result = close()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:  # noqa: BLE001 - closing a client must not turn a good episode into a failure
+        logger.debug("closing %r failed", resource, exc_info=True)

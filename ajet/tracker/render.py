@@ -2,14 +2,13 @@
 
 Agent libraries send the same conversation in different shapes: AgentScope's formatters and
 LangChain send content as a list of `{"type": "text", "text": ...}` parts, some send `content: None`
-next to tool calls, tool-call arguments arrive as JSON strings (OpenAI) while HF chat templates
-expect dicts. `normalize_messages` maps all of these to one shape so that (a) the template renders
-them and (b) two requests carrying the same conversation compare equal.
+next to tool calls, and messages carry library-specific extra keys. `normalize_messages` maps all of
+these to one shape so that (a) the template renders them and (b) two requests carrying the same
+conversation compare equal.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 Message = dict[str, Any]
@@ -32,17 +31,6 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-def _arguments_for_template(arguments: Any) -> Any:
-    # HF chat templates (Qwen's included) render `arguments | tojson`, so a JSON string would come
-    # out double-quoted; hand them the decoded object. Undecodable strings stay as sent.
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments)
-        except (json.JSONDecodeError, ValueError):
-            return arguments
-    return arguments
-
-
 def normalize_message(message: Message) -> Message:
     """One message in the shape chat templates expect; unknown keys are dropped."""
     role = message.get("role", "user")
@@ -55,7 +43,9 @@ def normalize_message(message: Message) -> Message:
                 {
                     "id": call.get("id", ""),
                     "type": "function",
-                    "function": {"name": fn.get("name", ""), "arguments": _arguments_for_template(fn.get("arguments", {}))},
+                    # Arguments stay as sent (usually a JSON string): ajet's and Qwen2.5's templates print a
+                    # string verbatim, and re-serialising would change the tokens the model sees.
+                    "function": {"name": fn.get("name", ""), "arguments": fn.get("arguments", {})},
                 }
             )
         out["tool_calls"] = calls
@@ -105,3 +95,15 @@ class ChatRenderer:
     def render_ids(self, messages: list[Message], tools: list[dict] | None, *, add_generation_prompt: bool) -> list[int]:
         text = self.render_text(messages, tools, add_generation_prompt=add_generation_prompt)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+def end_of_turn_id(tokenizer: Any, token: str = "<|im_end|>") -> int:
+    """The id that closes an assistant turn: `<|im_end|>` for ChatML templates, else EOS.
+
+    Looked up with convert_tokens_to_ids and checked by the reverse mapping (an unknown token maps to
+    unk): `get_vocab()` would build a 150k-entry dict, about half a second, on every call.
+    """
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:
+        return token_id
+    return tokenizer.eos_token_id

@@ -1,0 +1,7 @@
+"""`python -m ajet ...` is the `ajet` command."""
+
+import sys
+
+from ajet.launcher import main
+
+sys.exit(main())

@@ -1,0 +1,253 @@
+"""ajet's workflows inside verl's agent-loop machinery.
+
+verl's AgentLoopWorker (a Ray actor) calls `AjetAgentLoop.run(sampling_params, **row)` once per
+trajectory: `row` is one dataset row (its `extra_info.ajet_task` carries the ajet Task). `run()`
+plays one episode exactly as the debug backbone does (RolloutRunner -> workflow -> AjetTuner ->
+ProxyServer -> tracker -> judge), with the proxy generating through `VerlServerEngine`, i.e.
+verl's vLLM replicas, token in / token out. The tracker's sample becomes the AgentLoopOutput.
+
+One trajectory per call (verl 0.9.1's contract): when the tracker split an episode into several
+samples (the agent rewrote its context, so no single token sequence holds every turn), the LAST one
+is returned, since it holds the final answer the judge scored; the number dropped is recorded in
+`extra_fields["ajet_dropped_samples"]` (a column of verl's batch) so it shows in the data.
+
+Per process, not per call: verl instantiates an agent loop for every trajectory, so the proxy,
+engine, workflow class, judge and runners live in one `WorkerContext` per worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import threading
+from collections import defaultdict
+from typing import Any
+
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+
+from ajet.backbone.verl.batch import pad_token_id, split_sample
+from ajet.backbone.verl.config_translation import AGENT_LOOP_NAME
+from ajet.engine.verl_server import VerlServerEngine
+from ajet.schema import EpisodeResult, Task
+
+logger = logging.getLogger(__name__)
+
+# extra_info key of a dataset row holding the Task as JSON (see launch.write_tasks_parquet).
+TASK_KEY = "ajet_task"
+# Where a worker process finds the ajet config when the agent-loop YAML does not name it.
+CONFIG_PATH_ENV = "AJET_CONFIG_PATH"
+
+# Columns every AjetAgentLoop output carries, always all of them: verl concatenates the batches of
+# its workers and needs the same non-tensor keys in each.
+_EXTRA_DEFAULTS: dict[str, Any] = {
+    "turn_scores": [],
+    "tool_rewards": [],
+    "ajet_episode_id": "",
+    "ajet_task_id": "",
+    "ajet_num_samples": 0,
+    "ajet_dropped_samples": 0,
+    "ajet_is_success": False,
+    "ajet_error": "",
+    "ajet_prompt_truncated": False,
+    "ajet_response_truncated": False,
+}
+
+
+def task_to_extra_info(task: Task, index: int) -> dict[str, Any]:
+    """The `extra_info` of a dataset row: verl's `index` plus the Task as JSON (nested metadata
+    of varying shape does not fit one parquet struct type)."""
+    return {"index": index, TASK_KEY: json.dumps(dataclasses.asdict(task), ensure_ascii=False)}
+
+
+def task_from_extra_info(extra_info: Any) -> Task:
+    if not extra_info or TASK_KEY not in extra_info:
+        raise KeyError(
+            f"dataset row has no extra_info.{TASK_KEY}; ajet's verl backbone reads tasks from the "
+            "parquet files its launcher writes (ajet.backbone.verl.launch.write_tasks_parquet)"
+        )
+    return Task(**json.loads(extra_info[TASK_KEY]))
+
+
+def resolve_proxy_host(setting: str) -> str:
+    """`rollout.proxy_host`: `auto` = this node's IP, so agents running on other nodes reach it."""
+    if setting != "auto":
+        return setting
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - outside a Ray worker (tests), loopback is the reachable one
+        return "127.0.0.1"
+
+
+class WorkerContext:
+    """What one agent-loop worker process shares across its episodes."""
+
+    def __init__(self, cfg: Any, server_manager: Any, tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
+        from ajet.backbone.components import load_workflow_and_judge
+        from ajet.models import ensure_tool_template
+        from ajet.proxy import ProxyServer
+        from ajet.rollout import RolloutSettings
+
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        if cfg.model.chat_template != "model":
+            ensure_tool_template(tokenizer)
+        self.engine = VerlServerEngine(server_manager, tokenizer, loop=loop, max_model_len=cfg.rollout.max_model_len)
+        self.proxy = ProxyServer.from_config(self.engine, tokenizer, cfg, host=resolve_proxy_host(cfg.rollout.proxy_host))
+        self.proxy.start()
+        self.workflow_cls, self.judge = load_workflow_and_judge(cfg)
+        self.base_settings = RolloutSettings.from_config(cfg)
+        self._runners: dict[tuple[float, float, int], Any] = {}
+        self._repeats: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def runner_for(self, sampling_params: dict[str, Any]) -> Any:
+        """A runner sampling as verl asks: its training or its validation settings."""
+        from ajet.rollout import RolloutRunner
+
+        key = (
+            float(sampling_params.get("temperature", self.base_settings.temperature)),
+            float(sampling_params.get("top_p", self.base_settings.top_p)),
+            int(sampling_params.get("top_k", self.base_settings.top_k)),
+        )
+        with self._lock:
+            if key not in self._runners:
+                settings = dataclasses.replace(self.base_settings, temperature=key[0], top_p=key[1], top_k=key[2])
+                self._runners[key] = RolloutRunner(
+                    self.workflow_cls, self.judge, self.proxy, self.cfg, settings=settings
+                )
+            return self._runners[key]
+
+    def next_repeat_index(self, group_id: str) -> int:
+        """Best effort: verl does not pass the repeat number, so count this group's episodes seen by
+        this process (a group split across workers restarts the count in each)."""
+        with self._lock:
+            index = self._repeats[group_id]
+            self._repeats[group_id] += 1
+            return index
+
+    def close(self) -> None:
+        for runner in self._runners.values():
+            runner.close()
+        self.proxy.stop()
+
+
+_contexts: dict[int, WorkerContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def worker_context(cfg: Any, server_manager: Any, tokenizer: Any) -> WorkerContext:
+    """The process's context for this server manager (one per verl worker), created on first use."""
+    key = id(server_manager)
+    with _contexts_lock:
+        context = _contexts.get(key)
+        if context is None:
+            context = WorkerContext(cfg, server_manager, tokenizer, asyncio.get_running_loop())
+            _contexts[key] = context
+        return context
+
+
+def close_worker_contexts() -> None:
+    with _contexts_lock:
+        contexts = list(_contexts.values())
+        _contexts.clear()
+    for context in contexts:
+        context.close()
+
+
+def load_ajet_config(source: Any) -> Any:
+    """An AjetConfig from itself, a path to its YAML, or the AJET_CONFIG_PATH environment variable."""
+    from ajet.config import AjetConfig, load_config
+
+    if isinstance(source, AjetConfig):
+        return source
+    path = source or os.environ.get(CONFIG_PATH_ENV)
+    if not path:
+        raise RuntimeError(
+            f"AjetAgentLoop needs the ajet config: set `ajet_config_path` in the agent-loop YAML "
+            f"or the {CONFIG_PATH_ENV} environment variable"
+        )
+    return load_config(path)
+
+
+@register(AGENT_LOOP_NAME)
+class AjetAgentLoop(AgentLoopBase):
+    """verl agent loop running one ajet episode per call (see the module docstring)."""
+
+    def __init__(self, *args: Any, ajet_config_path: Any = None, **kwargs: Any) -> None:
+        kwargs.pop("name", None)  # the registry entry's name arrives as a kwarg via hydra.instantiate
+        super().__init__(*args, **kwargs)
+        self.ajet_config = load_ajet_config(ajet_config_path)
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+        context = worker_context(self.ajet_config, self.server_manager, self.tokenizer)
+        task = task_from_extra_info(kwargs.get("extra_info"))
+        group_id = str(kwargs.get("uid", task.task_id))
+        runner = context.runner_for(sampling_params)
+        result = await runner.run_episode(task, repeat_index=context.next_repeat_index(group_id))
+        return episode_to_agent_loop_output(
+            result,
+            self.tokenizer,
+            prompt_length=self.rollout_config.prompt_length,
+            response_length=self.rollout_config.response_length,
+        )
+
+
+def episode_to_agent_loop_output(
+    result: EpisodeResult, tokenizer: Any, *, prompt_length: int, response_length: int
+) -> AgentLoopOutput:
+    """The episode's last sample as verl's AgentLoopOutput, its reward as `reward_score`.
+
+    An episode without a trained token (the workflow failed before its first model call, or every
+    call overflowed) still has to fill its row: its first prompt and one padding token with
+    response_mask 0, so it adds nothing to the loss but keeps its reward (0) in the GRPO group.
+    """
+    samples = result.samples
+    extra = {
+        **_EXTRA_DEFAULTS,
+        "turn_scores": [],
+        "tool_rewards": [],
+        "ajet_episode_id": result.episode_id,
+        "ajet_task_id": result.task_id,
+        "ajet_num_samples": len(samples),
+        "ajet_dropped_samples": max(0, len(samples) - 1),
+        "ajet_is_success": bool(result.is_success),
+        "ajet_error": (result.error or result.judge_error or "").splitlines()[0] if (result.error or result.judge_error) else "",
+    }
+    if samples:
+        sample = samples[-1]
+        traj = split_sample(sample, prompt_length, response_length)
+        reward = float(sample.reward)
+        extra["ajet_prompt_truncated"] = traj.prompt_truncated
+        extra["ajet_response_truncated"] = traj.response_truncated
+        prompt_ids, response_ids = traj.prompt_ids, traj.response_ids
+        response_mask, response_logprobs = traj.response_mask, traj.response_logprobs
+    else:
+        reward = float(result.reward)
+        prompt_ids = _render_first_prompt(result.task, tokenizer)[-prompt_length:]
+        response_ids, response_mask, response_logprobs = [], [], []
+    if not response_ids:
+        response_ids, response_mask, response_logprobs = [pad_token_id(tokenizer)], [0], [0.0]
+    return AgentLoopOutput(
+        prompt_ids=prompt_ids,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        response_logprobs=response_logprobs,
+        reward_score=reward,
+        num_turns=int(result.num_turns),
+        metrics={"generate_sequences": float(result.metrics.get("workflow_s", 0.0))},
+        extra_fields=extra,
+    )
+
+
+def _render_first_prompt(task: Task, tokenizer: Any) -> list[int]:
+    try:
+        ids = tokenizer.apply_chat_template(task.init_messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    except Exception:  # noqa: BLE001 - a row must be produced even for a task the template rejects
+        return list(tokenizer.encode(task.main_query or " ", add_special_tokens=False))
+

@@ -1,0 +1,238 @@
+"""The ajet YAML, said in verl's words: `translate_config(cfg) -> dict` of verl (0.9.1) config keys.
+
+The result is a partial verl config: only the keys ajet decides. `compose_verl_config` merges it onto
+verl's own `ppo_trainer` defaults in struct mode, so a key verl does not know fails there instead of
+being ignored. The `ajet.verl:` section is deep-merged last and wins over every translated value.
+
+Unit conventions verl uses that differ from ajet's (the reason most keys are not copied 1:1):
+- `actor.ppo_mini_batch_size` counts prompts (verl multiplies by `rollout.n`); ajet says how many
+  optimizer steps a batch makes (`mini_batch_num`), so mini batch = train_batch_size / mini_batch_num.
+- verl `save_freq` / `test_freq` use -1 for "never"; ajet uses 0 (and save_freq 0 means "only at
+  the end", which verl does for any positive frequency at the last step).
+- ajet's `rollout_correction.tis_cap` is verl's token-level truncated IS (`rollout_is: token`);
+  the ratio mask band is verl's token-level rejection sampling (`rollout_rs: token_k1`).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+# The name our agent loop is registered under in verl (see ajet.backbone.verl.agent_loop).
+AGENT_LOOP_NAME = "ajet_agent"
+
+# ajet logger name -> verl tracking backend. `jsonl` is verl's `file` backend (one JSON line per
+# step, written where VERL_FILE_LOGGER_PATH points; the launcher sets it into the run directory).
+_LOGGERS = {"console": "console", "swanlab": "swanlab", "jsonl": "file"}
+
+# "Only at the end": verl saves at the last step whenever save_freq > 0.
+_SAVE_ONLY_AT_END = 10**9
+
+# Upper ratio used when only `mask_low` is set (verl's k1 band needs both ends).
+_NO_UPPER_RATIO = 1e9
+
+
+class VerlConfigError(ValueError):
+    """An ajet setting that has no faithful verl equivalent."""
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` merged into a copy of `base`: nested dicts merge, anything else replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def translate_config(
+    cfg: Any,
+    *,
+    model_path: str | None = None,
+    train_files: str | list[str] | None = None,
+    val_files: str | list[str] | None = None,
+    experiment_dir: str | Path | None = None,
+    agent_loop_config_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """verl config keys for the validated ajet config `cfg` (pure: reads nothing from disk).
+
+    model_path: the resolved local model directory (`builtin:` names are resolved by the launcher);
+        defaults to `cfg.model.path`.
+    train_files / val_files: the parquet files the launcher wrote from ajet's task reader.
+    experiment_dir: the run directory; checkpoints go to `<experiment_dir>/checkpoints`.
+    agent_loop_config_path: the YAML registering ajet's agent loop in verl's worker processes.
+    """
+    r, d, t, lora = cfg.rollout, cfg.data, cfg.trainer_common, cfg.lora
+    if d.train_batch_size % t.mini_batch_num:
+        raise VerlConfigError(
+            f"ajet.data.train_batch_size ({d.train_batch_size}) must be divisible by "
+            f"ajet.trainer_common.mini_batch_num ({t.mini_batch_num}) on the verl backbone "
+            "(verl's ppo_mini_batch_size counts whole prompts)"
+        )
+    if t.algorithm.adv_estimator != "grpo":
+        raise VerlConfigError(
+            f"ajet.trainer_common.algorithm.adv_estimator={t.algorithm.adv_estimator!r}: ajet's verl "
+            "backbone runs grpo; set another estimator under ajet.verl.algorithm if you mean it"
+        )
+    val = r.val_kwargs
+
+    actor = {
+        "strategy": "fsdp",
+        "ppo_mini_batch_size": d.train_batch_size // t.mini_batch_num,
+        "ppo_micro_batch_size_per_gpu": t.micro_batch_size,
+        "ppo_epochs": t.ppo_epochs,
+        "clip_ratio_low": t.clip_ratio_low,
+        "clip_ratio_high": t.clip_ratio_high,
+        "loss_agg_mode": t.algorithm.loss_agg_mode,
+        "entropy_coeff": t.entropy_coeff,
+        "use_kl_loss": t.use_kl_loss,
+        "kl_loss_coef": t.kl_loss_coef,
+        "kl_loss_type": t.kl_loss_type,
+        "optim": {
+            "lr": t.optim.lr,
+            "weight_decay": t.optim.weight_decay,
+            "betas": list(t.optim.betas),
+            # ajet's null means "no clipping"; verl always clips, so an infinite norm is the same.
+            "clip_grad": float("inf") if t.optim.grad_clip is None else t.optim.grad_clip,
+            "lr_warmup_steps": t.optim.lr_warmup_steps,
+        },
+    }
+    if t.clip_ratio_c is not None:
+        actor["clip_ratio_c"] = t.clip_ratio_c
+
+    rollout = {
+        "name": "vllm",
+        "mode": "async",
+        "n": r.num_repeat,
+        "temperature": r.temperature,
+        "top_p": r.top_p,
+        "top_k": r.top_k,
+        "prompt_length": d.max_prompt_length,
+        "response_length": d.max_response_length,
+        "max_model_len": r.max_model_len,
+        "tensor_model_parallel_size": r.tensor_model_parallel_size,
+        "gpu_memory_utilization": r.gpu_memory_utilization,
+        # Behaviour logprobs are what the mismatch metrics and rollout correction compare against.
+        "calculate_log_probs": True,
+        "log_prob_micro_batch_size_per_gpu": t.micro_batch_size,
+        "val_kwargs": {
+            "temperature": val.temperature if val.do_sample else 0.0,
+            "top_p": val.top_p,
+            "top_k": val.top_k,
+            "do_sample": val.do_sample,
+            "n": val.num_repeat,
+        },
+        "agent": {"default_agent_loop": AGENT_LOOP_NAME},
+    }
+    if agent_loop_config_path is not None:
+        rollout["agent"]["agent_loop_config_path"] = str(agent_loop_config_path)
+
+    model: dict[str, Any] = {"path": model_path or cfg.model.path}
+    if lora.lora_rank > 0:
+        model.update(
+            lora_rank=lora.lora_rank,
+            lora_alpha=lora.lora_alpha,
+            target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
+        )
+
+    data: dict[str, Any] = {
+        "train_batch_size": d.train_batch_size,
+        "max_prompt_length": d.max_prompt_length,
+        "max_response_length": d.max_response_length,
+        "shuffle": d.shuffle,
+        "seed": d.seed,
+        "return_raw_chat": True,
+        # The workflow renders its own prompts; the dataset's copy is only the first user turn.
+        "filter_overlong_prompts": False,
+        "truncation": "left",
+    }
+    if train_files is not None:
+        data["train_files"] = train_files
+    if val_files is not None:
+        data["val_files"] = val_files
+
+    trainer: dict[str, Any] = {
+        "project_name": cfg.project_name,
+        "experiment_name": cfg.experiment_name,
+        "logger": [_LOGGERS[name] for name in t.logger],
+        "n_gpus_per_node": t.n_gpus_per_node,
+        "nnodes": t.nnodes,
+        "total_epochs": t.total_epochs,
+        "total_training_steps": t.total_training_steps,
+        "save_freq": _SAVE_ONLY_AT_END if t.save_freq == 0 else t.save_freq,
+        "test_freq": -1 if t.test_freq == 0 else t.test_freq,
+        "val_before_train": t.val_before_train,
+        "val_only": t.val_only,
+        "max_actor_ckpt_to_keep": t.max_checkpoints_to_keep,
+        # verl's v1 trainer needs the separate `transfer_queue` package; the v0 RayPPOTrainer
+        # runs agent loops and GRPO with verl's own dependencies only.
+        "use_v1": False,
+        **_resume_keys(t.resume),
+    }
+    if experiment_dir is not None:
+        trainer["default_local_dir"] = str(Path(experiment_dir) / "checkpoints")
+
+    translated = {
+        "algorithm": {
+            "adv_estimator": "grpo",
+            "norm_adv_by_std_in_grpo": t.algorithm.norm_adv_by_std_in_grpo,
+            "use_kl_in_reward": False,
+            "rollout_correction": rollout_correction_keys(
+                t.rollout_correction.tis_cap, t.rollout_correction.mask_low, t.rollout_correction.mask_high
+            ),
+        },
+        "data": data,
+        "actor_rollout_ref": {
+            "model": model,
+            "actor": actor,
+            "ref": {"log_prob_micro_batch_size_per_gpu": t.micro_batch_size},
+            "rollout": rollout,
+        },
+        "trainer": trainer,
+    }
+    return deep_merge(translated, dict(cfg.verl or {}))
+
+
+def rollout_correction_keys(tis_cap: float | None, mask_low: float | None, mask_high: float | None) -> dict[str, Any]:
+    """verl `algorithm.rollout_correction` keys for ajet's truncated-IS cap and ratio mask band.
+
+    With everything off, verl still reports the rollout-vs-trainer mismatch metrics (it needs only
+    `rollout_log_probs` in the batch); it just does not reweight or mask.
+    """
+    keys: dict[str, Any] = {"rollout_is": None, "rollout_rs": None}
+    if tis_cap is not None:
+        keys.update(rollout_is="token", rollout_is_threshold=float(tis_cap))
+    if mask_low is not None or mask_high is not None:
+        low = mask_low if mask_low is not None else 0.0
+        high = mask_high if mask_high is not None else _NO_UPPER_RATIO
+        keys.update(rollout_rs="token_k1", rollout_rs_threshold=f"{low}_{high}")
+    return keys
+
+
+def _resume_keys(resume: str) -> dict[str, Any]:
+    if resume == "auto":
+        return {"resume_mode": "auto"}
+    if resume == "never":
+        return {"resume_mode": "disable"}
+    return {"resume_mode": "resume_path", "resume_from_path": resume}
+
+
+def compose_verl_config(translated: Mapping[str, Any]) -> Any:
+    """verl's `ppo_trainer` defaults (via Hydra, as `python -m verl.trainer.main_ppo` builds them)
+    with `translated` merged on top in struct mode: an unknown key raises instead of being dropped.
+
+    Returns an OmegaConf DictConfig. Needs verl installed.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        base = compose(config_name="ppo_trainer")
+    OmegaConf.set_struct(base, True)
+    return OmegaConf.merge(base, OmegaConf.create(dict(translated)))

@@ -1,0 +1,163 @@
+"""`--backbone=verl`: the same YAML, workflow and judge, trained by verl's GRPO over Ray and vLLM.
+
+run(cfg, launch_args):
+  1. checks that verl, vllm and ray import (else says how to install them and returns 2);
+  2. writes the run directory: tasks as parquet (the form verl's RLHFDataset reads, each row's Task
+     in `extra_info.ajet_task`), the effective ajet config, the agent-loop registry YAML, and the
+     composed verl config it is about to run;
+  3. starts or joins Ray (ajet.ray_utils: RAY_ADDRESS joins a cluster) and runs verl's trainer
+     (`main_ppo_v0.TaskRunner` -> RayPPOTrainer) with ajet's agent loop as the default one.
+
+This module imports without verl installed, so the missing-dependency message can be shown.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+EXIT_MISSING_DEPENDENCIES = 2
+
+# What `pip install "ajet[verl]"` installs, and what those pin in turn (verl 0.9.1's `vllm` extra:
+# vllm 0.24.0 with torch 2.11.0 and transformers 5.9.0). vLLM needs an NVIDIA GPU with CUDA.
+VERL_REQUIREMENTS: dict[str, str] = {"verl": "verl==0.9.1", "vllm": "vllm==0.24.0", "ray": "ray>=2.41"}
+
+
+def missing_dependencies(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> list[str]:
+    """The modules of the verl extra that cannot be imported here, sorted."""
+    return sorted(name for name in VERL_REQUIREMENTS if find_spec(name) is None)
+
+
+def install_message(missing: Sequence[str]) -> str:
+    return (
+        f"--backbone=verl needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed.\n"
+        '  pip install "ajet[verl]"\n'
+        f"installs {', '.join(VERL_REQUIREMENTS.values())} (verl 0.9.1's vllm extra pins vllm 0.24.0 with "
+        "torch 2.11.0 and transformers 5.9.0; vLLM needs a Linux machine with NVIDIA GPUs and CUDA).\n"
+        "Without a GPU, use --backbone=debug: same YAML, workflow and judge, one process."
+    )
+
+
+def write_tasks_parquet(tasks: Sequence[Any], path: str | Path) -> Path:
+    """Tasks as rows verl's RLHFDataset reads: `prompt` (the first messages, as text), `data_source`,
+    `agent_name` (ajet's agent loop) and `extra_info` ({index, ajet_task: the Task as JSON})."""
+    import pandas as pd
+
+    from ajet.backbone.verl.agent_loop import task_to_extra_info
+    from ajet.backbone.verl.config_translation import AGENT_LOOP_NAME
+
+    rows = [
+        {
+            "data_source": "ajet",
+            # Only verl's bookkeeping reads this copy; the workflow builds its own messages from the Task.
+            "prompt": [{"role": str(m.get("role", "user")), "content": _text(m.get("content"))} for m in task.init_messages],
+            "agent_name": AGENT_LOOP_NAME,
+            "extra_info": task_to_extra_info(task, index),
+        }
+        for index, task in enumerate(tasks)
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def prepare_run(cfg: Any, experiment_dir: Path) -> tuple[Any, dict[str, str]]:
+    """Write the run directory's files; returns (the composed verl config, env vars for workers)."""
+    from omegaconf import OmegaConf
+
+    from ajet.backbone.verl.agent_loop import CONFIG_PATH_ENV
+    from ajet.backbone.verl.config_translation import AGENT_LOOP_NAME, compose_verl_config, translate_config
+    from ajet.models import resolve_model_path
+    from ajet.task_reader import build_task_reader
+
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    reader = build_task_reader(cfg)
+    train_path = write_tasks_parquet(reader.train_tasks(), experiment_dir / "data" / "train.parquet")
+    val_tasks = reader.val_tasks()
+    # verl always builds a validation dataset; without a validation split it reads the train file
+    # (validation only runs when test_freq / val_before_train ask for it).
+    val_path = write_tasks_parquet(val_tasks, experiment_dir / "data" / "val.parquet") if val_tasks else train_path
+
+    config_path = experiment_dir / "ajet_config.yaml"
+    config_path.write_text(cfg.to_yaml())
+    loops_path = experiment_dir / "verl_agent_loops.yaml"
+    loops_path.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": AGENT_LOOP_NAME,
+                    "_target_": "ajet.backbone.verl.agent_loop.AjetAgentLoop",
+                    "ajet_config_path": str(config_path),
+                }
+            ]
+        )
+    )
+    translated = translate_config(
+        cfg,
+        model_path=str(resolve_model_path(cfg.model.path)),
+        train_files=str(train_path),
+        val_files=str(val_path),
+        experiment_dir=experiment_dir,
+        agent_loop_config_path=loops_path,
+    )
+    verl_config = compose_verl_config(translated)
+    (experiment_dir / "verl_config.yaml").write_text(OmegaConf.to_yaml(verl_config))
+
+    env_vars = {
+        CONFIG_PATH_ENV: str(config_path),
+        # Workflows are imported by dotted name from the launch directory, in every worker.
+        "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p),
+        "VERL_FILE_LOGGER_PATH": str(experiment_dir / "metrics.jsonl"),
+    }
+    return verl_config, env_vars
+
+
+def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importlib.util.find_spec) -> int:
+    """Train `cfg` on verl; returns the process exit code."""
+    missing = missing_dependencies(find_spec)
+    if missing:
+        print(install_message(missing), file=sys.stderr)
+        return EXIT_MISSING_DEPENDENCIES
+
+    from omegaconf import OmegaConf
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+    from verl.trainer.main_ppo import run_ppo
+    from verl.trainer.main_ppo_v0 import TaskRunner
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    from ajet.config import resolve_experiment_dir
+    from ajet.ray_utils import ray_session
+
+    experiment_dir = resolve_experiment_dir(cfg)
+    verl_config, env_vars = prepare_run(cfg, experiment_dir)
+    auto_set_device(verl_config)
+    validate_config(
+        config=verl_config,
+        use_reference_policy=need_reference_policy(verl_config),
+        use_critic=need_critic(verl_config),
+    )
+    runtime_env = OmegaConf.to_container(OmegaConf.create(get_ppo_ray_runtime_env(verl_config)))
+    runtime_env.setdefault("env_vars", {}).update(env_vars)
+    logger.info("verl backbone: run directory %s", experiment_dir)
+    with ray_session(runtime_env=runtime_env, namespace="ajet"):
+        run_ppo(verl_config, task_runner_class=TaskRunner)
+    return 0
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)

@@ -1,0 +1,1 @@
+"""Small, real pieces for tests, benchmarks and demos: nothing here is mocked."""

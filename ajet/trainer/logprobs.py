@@ -1,0 +1,135 @@
+"""Per-token logprobs of a causal LM on given token ids, as the trainer needs them.
+
+Two memory savings over `log_softmax(model(ids).logits)`:
+- the lm_head runs chunk by chunk over the sequence and only the label logit and the logsumexp are
+  kept; with grad enabled each chunk is recomputed in backward (activation checkpointing), so a
+  full `[tokens, vocab]` logits tensor never lives for the whole backward pass;
+- the micro-batch's sequences are packed into one row with `position_ids` restarting at 0 for each
+  sequence. transformers (>= 4.5x, sdpa/eager on CPU too) turns restarting position_ids into a
+  block-diagonal causal mask when no attention_mask is given, so packed sequences do not see each
+  other and no compute is spent on padding. (`tests/test_trainer.py` checks packed == one by one.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def sequence_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    *,
+    with_entropy: bool = False,
+    pack: bool = True,
+    chunk_size: int = 1024,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Logprob of each token given the tokens before it.
+
+    Args:
+        model: a transformers causal LM, optionally wrapped by peft.
+        input_ids: `[B, T]`, each row's real tokens contiguous (right or left padded).
+        attention_mask: `[B, T]` 1 on real tokens; None = all real.
+        temperature: logits are divided by it, the engine's definition of a sampled token's logprob
+            (`ajet.engine.base.SamplingParams`); 0 (greedy) means 1.
+        with_entropy: also return the entropy of the next-token distribution predicting each token.
+        pack: pack rows into one sequence (see module doc); False runs the padded batch as is.
+        chunk_size: tokens per lm_head chunk.
+
+    Returns:
+        logprobs `[B, T]` float32 with `logprobs[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`;
+        0 at each row's first real token and on padding. With `with_entropy`, also entropy `[B, T]`
+        aligned the same way (the entropy of the distribution that token t was drawn from).
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    inv_temp = 1.0 / temperature if temperature and temperature > 0 else 1.0
+    valid = attention_mask.bool()
+    decoder, head = _decoder_and_head(model)
+
+    if pack:
+        flat_ids = input_ids[valid]  # [N], row-major, so it scatters back with the same mask
+        lengths = valid.sum(dim=-1)
+        lengths = lengths[lengths > 0]
+        position_ids = torch.cat([torch.arange(int(n), device=input_ids.device) for n in lengths])
+        hidden = decoder(
+            input_ids=flat_ids[None], position_ids=position_ids[None], attention_mask=None, use_cache=False
+        ).last_hidden_state[0]  # [N, H]
+        lp_next, ent_next = _chunked_token_logprobs(head, hidden[:-1], flat_ids[1:], inv_temp, with_entropy, chunk_size)
+        # Token j is predicted by hidden j-1; a sequence start has no prediction within its sequence.
+        starts = position_ids == 0
+        lp_flat = torch.cat([lp_next.new_zeros(1), lp_next]).masked_fill(starts, 0.0)
+        logprobs = lp_flat.new_zeros(input_ids.shape).masked_scatter(valid, lp_flat)
+        if not with_entropy:
+            return logprobs
+        ent_flat = torch.cat([ent_next.new_zeros(1), ent_next]).masked_fill(starts, 0.0)
+        return logprobs, ent_flat.new_zeros(input_ids.shape).masked_scatter(valid, ent_flat)
+
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state  # [B, T, H]
+    B, T, H = hidden.shape
+    lp_next, ent_next = _chunked_token_logprobs(
+        head, hidden[:, :-1].reshape(-1, H), input_ids[:, 1:].reshape(-1), inv_temp, with_entropy, chunk_size
+    )
+    predicted = (valid[:, 1:] & valid[:, :-1]).to(lp_next.dtype)  # the previous token is real too
+    logprobs = torch.cat([lp_next.new_zeros(B, 1), lp_next.view(B, T - 1) * predicted], dim=1)
+    if not with_entropy:
+        return logprobs
+    return logprobs, torch.cat([ent_next.new_zeros(B, 1), ent_next.view(B, T - 1) * predicted], dim=1)
+
+
+def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body (ids -> hidden states) and the lm_head of a (peft-wrapped) causal LM."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(lm, "config", None)
+    for unsupported in ("final_logit_softcapping", "logit_scale"):
+        # Models that post-process logits (Gemma2 softcap, Cohere scale) would need that step here too.
+        if getattr(config, unsupported, None) not in (None, 1.0):
+            raise NotImplementedError(f"sequence_logprobs: models with config.{unsupported} are not supported")
+    return lm.base_model, lm.get_output_embeddings()
+
+
+def _chunked_token_logprobs(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    inv_temp: float,
+    with_entropy: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`hidden [N, H]`, `targets [N]` -> (logprob of each target `[N]`, entropy `[N]` or None)."""
+    fn = _chunk_fn(head, inv_temp, with_entropy)
+    lps, ents = [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            lp, ent = checkpoint(fn, h, t, use_reentrant=False)
+        else:
+            lp, ent = fn(h, t)
+        lps.append(lp)
+        ents.append(ent)
+    if not lps:  # a single-token input has nothing to predict
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+
+def _chunk_fn(head: nn.Module, inv_temp: float, with_entropy: bool) -> Callable:
+    def fn(h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = head(h).float() * inv_temp  # [n, V], fp32 even under bf16 autocast
+        lse = torch.logsumexp(logits, dim=-1)
+        lp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+        if with_entropy:
+            ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+        else:
+            ent = lp.new_zeros(0)
+        return lp, ent
+
+    return fn

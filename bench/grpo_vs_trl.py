@@ -1,0 +1,688 @@
+"""One GRPO step, ajet against TRL's GRPOTrainer: same model, prompts, group size, lengths, lr, precision.
+
+    python bench/grpo_vs_trl.py                       # CPU defaults (< 10 min on 2 cores)
+    python bench/grpo_vs_trl.py --model builtin:smollm2-135m-instruct
+    python bench/grpo_vs_trl.py --preset gpu          # Qwen2.5-0.5B shape, 16 prompts x 8, 256 tokens, bf16
+
+Each side runs in its own child process (so peak memory is its own, and neither warms the other's
+caches), one after the other on the same device, with the same GSM8K prompts in the same order:
+
+- TRL: `trl.GRPOTrainer`, timed at its own seams: `_generate` (tokenise, `model.generate`, decode),
+  `_calculate_rewards` (the reward function), `_generate_and_score_completions` (both plus padding
+  and advantages); the update is the rest of the optimizer step (forward, backward, AdamW).
+- ajet: the product path: a single-turn Workflow calling the OpenAI SDK client from the tuner, through
+  the proxy to the `hf` engine, judged by `MathAnswerAsJudge`, trained by `ajet.backbone.debug.TrainingLoop`
+  (its per-step `timing/*` metrics).
+
+Both sides use the same reward rule (`ajet.judge.math.judge_answer`). Figures are min/median/max over
+the measured steps after warm-up; the ratio column is ajet/TRL on medians (below 1 is faster for
+times, above 1 is faster for tokens/s). Writes bench/results/grpo_vs_trl-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as `python bench/grpo_vs_trl.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from ajet import Workflow, WorkflowOutput  # noqa: E402
+DEFAULT_DATASET = Path("/work/shared/datasets/gsm8k/train.jsonl")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+INSTRUCTION = "Solve the problem. End your reply with the final answer after '####'."
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything both sides share. `prompts_per_step * group_size` sequences per GRPO step."""
+
+    model: str = "builtin:qwen2.5-cpu-small-random"
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 on CPU, bfloat16 on GPU (the issue's reference)
+    prompts_per_step: int = 2
+    group_size: int = 8
+    max_new_tokens: int = 32
+    lr: float = 1.0e-6
+    temperature: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    warmup_steps: int = 1
+    steps: int = 3
+    seed: int = 0
+    threads: int = 2  # torch intra-op threads on CPU
+    dataset: str = str(DEFAULT_DATASET)
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup_steps + self.steps
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    # The issue's reference shape (an H100 run of TRL: 9.1-17.3 s per step).
+    "gpu": dict(
+        model="builtin:qwen2.5-0.5b-random", device="cuda", dtype="bfloat16",
+        prompts_per_step=16, max_new_tokens=256, warmup_steps=1, steps=5,
+    ),
+}
+
+
+@dataclass
+class StepRecord:
+    """One measured GRPO step. Phases not measurable on a side are None."""
+
+    step_s: float
+    rollout_s: float  # generation + reward (+ TRL's padding/advantages), wall clock
+    generation_s: float
+    judge_s: float
+    update_s: float
+    completion_tokens: int
+    prompt_tokens: int
+    reward_mean: float = 0.0
+    # Process CPU seconds (all threads) during the step: less sensitive than wall time to other
+    # processes sharing the machine, but it also counts threads that spin while waiting.
+    cpu_s: float = 0.0
+
+
+@dataclass
+class SideResult:
+    name: str
+    steps: list[StepRecord] = field(default_factory=list)
+    peak_memory_mb: float = 0.0  # over the measured steps (RSS high-water on CPU, allocated on CUDA)
+    process_peak_memory_mb: float = 0.0  # whole child process, setup included
+    setup_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def render_user_message(question: str) -> str:
+    """The one user turn both sides send."""
+    return f"{question}\n\n{INSTRUCTION}"
+
+
+def load_gsm8k_rows(path: str | Path, n: int) -> list[dict[str, str]]:
+    """The first `n` rows of a GSM8K jsonl (`question`, `answer` with `#### N`), in file order."""
+    rows = []
+    with open(path) as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                rows.append({"question": row["question"], "answer": row["answer"]})
+            if len(rows) == n:
+                break
+    if len(rows) < n:
+        raise ValueError(f"{path} has {len(rows)} rows; the benchmark needs {n}")
+    return rows
+
+
+def math_reward(response: str | None, solution: str) -> float:
+    """1.0 when the reply's final answer equals the GSM8K reference, else 0.0 (ajet's judge rules)."""
+    from ajet.judge.math import judge_answer
+    from ajet.task_reader.rows import reference_answer
+
+    return 1.0 if judge_answer(response, reference_answer(solution)).correct else 0.0
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a fresh high-water mark, so the peak covers the measured steps only."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    # Linux: writing 5 to clear_refs resets VmHWM to the current RSS (no Python API does this).
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def process_peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_reserved() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+# --------------------------------------------------------------------------------------------- TRL
+
+
+def run_trl(settings: BenchSettings, workdir: Path) -> SideResult:
+    """`settings.total_steps` steps of trl.GRPOTrainer; timings of the steps after warm-up."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from ajet.models import load_model, load_tokenizer
+
+    t_setup = time.perf_counter()
+    result = SideResult(name="trl")
+    device = settings.device
+    rows = load_gsm8k_rows(settings.dataset, settings.prompts_per_step * settings.total_steps)
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": render_user_message(r["question"])}], "solution": r["answer"]} for r in rows]
+    )
+    tokenizer = load_tokenizer(settings.model)
+    tokenizer.padding_side = "left"
+    model = load_model(settings.model, dtype=_torch_dtype(settings.dtype), device=device)
+
+    def gsm8k_reward(completions: list, solution: list[str], **_: Any) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [math_reward(text, sol) for text, sol in zip(texts, solution)]
+
+    # Phase timers: filled by the trainer seams below, read and cleared by the step callback.
+    phases: dict[str, float] = {}
+    counts: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        _sync(device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync(device)
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer with wall-clock timers on its generation, reward and scoring methods."""
+
+        def _generate(self, prompts):  # noqa: D401 - TRL's seam
+            with timed("generation"):
+                out = super()._generate(prompts)
+            prompt_ids, completion_ids = out[0], out[1]
+            counts["prompt_tokens"] = counts.get("prompt_tokens", 0) + sum(len(p) for p in prompt_ids)
+            counts["completion_tokens"] = counts.get("completion_tokens", 0) + sum(len(c) for c in completion_ids)
+            return out
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            with timed("judge"):
+                rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            counts["reward_sum"] = counts.get("reward_sum", 0.0) + float(rewards.sum())
+            counts["reward_n"] = counts.get("reward_n", 0.0) + float(rewards.numel())
+            return rewards
+
+        def _generate_and_score_completions(self, inputs):
+            with timed("rollout"):
+                return super()._generate_and_score_completions(inputs)
+
+    class StepTimer(TrainerCallback):
+        """Whole optimizer-step wall time; TRL generates inside the step (in `_prepare_inputs`)."""
+
+        def __init__(self) -> None:
+            self.t0 = self.cpu0 = 0.0
+            self.index = 0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.index == settings.warmup_steps:
+                reset_peak_memory(device)
+            phases.clear()
+            counts.clear()
+            _sync(device)
+            self.t0 = time.perf_counter()
+            self.cpu0 = time.process_time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync(device)
+            step_s = time.perf_counter() - self.t0
+            cpu_s = time.process_time() - self.cpu0
+            if self.index >= settings.warmup_steps:
+                rollout = phases.get("rollout", 0.0)
+                result.steps.append(
+                    StepRecord(
+                        step_s=step_s,
+                        rollout_s=rollout,
+                        generation_s=phases.get("generation", 0.0),
+                        judge_s=phases.get("judge", 0.0),
+                        update_s=step_s - rollout,
+                        completion_tokens=int(counts.get("completion_tokens", 0)),
+                        prompt_tokens=int(counts.get("prompt_tokens", 0)),
+                        reward_mean=counts.get("reward_sum", 0.0) / max(counts.get("reward_n", 1.0), 1.0),
+                        cpu_s=cpu_s,
+                    )
+                )
+            self.index += 1
+
+    on_gpu = device.startswith("cuda")
+    args = GRPOConfig(
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=settings.sequences_per_step,
+        num_generations=settings.group_size,
+        gradient_accumulation_steps=1,
+        max_completion_length=settings.max_new_tokens,
+        max_steps=settings.total_steps,
+        learning_rate=settings.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        temperature=settings.temperature,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        epsilon=settings.clip_low,
+        epsilon_high=settings.clip_high,
+        loss_type="dapo",  # token-mean over the batch's sampled tokens, as ajet's `token-mean`
+        scale_rewards="group",
+        shuffle_dataset=False,
+        # ajet trains without activation checkpointing; TRL's default (on) would trade its speed for memory.
+        gradient_checkpointing=False,
+        bf16=on_gpu and settings.dtype == "bfloat16",
+        fp16=False,
+        use_cpu=not on_gpu,
+        seed=settings.seed,
+        report_to="none",
+        logging_steps=10_000,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = TimedGRPOTrainer(
+        model=model,
+        reward_funcs=gsm8k_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[StepTimer()],
+    )
+    result.setup_s = time.perf_counter() - t_setup
+    trainer.train()
+    result.peak_memory_mb = peak_memory_mb(device)
+    result.process_peak_memory_mb = process_peak_memory_mb(device)
+    result.notes.append(f"trl {_version('trl')}: generation = GRPOTrainer._generate (one padded model.generate)")
+    del trainer, model
+    torch.cuda.empty_cache() if on_gpu else None
+    return result
+
+
+# -------------------------------------------------------------------------------------------- ajet
+
+
+class SingleTurnMath(Workflow):
+    """One chat completion through the tuner's OpenAI client; the judge reads `final_answer`."""
+
+    async def execute(self, workflow_task, tuner):
+        client = tuner.as_raw_openai_sdk_client()
+        messages = [{"role": "user", "content": render_user_message(workflow_task.task.main_query)}]
+        reply = await client.chat.completions.create(model="ajet", messages=messages)
+        return WorkflowOutput(reward=None, metadata={"final_answer": reply.choices[0].message.content or ""})
+
+
+def ajet_config_dict(settings: BenchSettings, task_file: Path) -> dict[str, Any]:
+    """The `ajet:` YAML for the same GRPO step TRL runs (single turn, no KL, token-mean, constant lr)."""
+    n = settings.sequences_per_step
+    return {
+        "ajet": {
+            "experiment_name": "bench_grpo_vs_trl",
+            "model": {"path": settings.model, "dtype": settings.dtype, "chat_template": "model"},
+            "data": {
+                "train_batch_size": settings.prompts_per_step,
+                "max_prompt_length": 2048,
+                "max_response_length": settings.max_new_tokens,
+                "shuffle": False,
+                "seed": settings.seed,
+            },
+            "rollout": {
+                "user_workflow": f"{Path(__file__).resolve()}->SingleTurnMath",
+                "engine": "hf",
+                "num_repeat": settings.group_size,
+                "temperature": settings.temperature,
+                "top_p": 1.0,
+                "top_k": -1,
+                "max_env_worker": n,
+                "max_batch_size": n,
+                "max_response_length_in_one_turn": settings.max_new_tokens,
+                "max_model_len": 2048 + settings.max_new_tokens,
+                "multi_turn": {"max_steps": 1},
+            },
+            "task_reader": {
+                "type": "dataset_file",
+                "dataset_file": {"training": {"file_path": str(task_file)}},
+                "query_field": "question",
+                "answer_field": "answer",
+            },
+            "task_judge": {"judge_protocol": "ajet.judge.math->MathAnswerAsJudge"},
+            "trainer_common": {
+                "total_training_steps": settings.total_steps,
+                "save_freq": 0,
+                "logger": ["jsonl"],
+                "resume": "never",
+                "micro_batch_size": n,  # one forward/backward over the whole batch, as TRL's
+                "mini_batch_num": 1,
+                "ppo_epochs": 1,
+                "use_kl_loss": False,
+                "clip_ratio_low": settings.clip_low,
+                "clip_ratio_high": settings.clip_high,
+                "algorithm": {"adv_estimator": "grpo", "norm_adv_by_std_in_grpo": True, "loss_agg_mode": "token-mean"},
+                "optim": {"lr": settings.lr, "weight_decay": 0.0, "grad_clip": 1.0, "lr_warmup_steps": 0},
+                "async": {"max_staleness": 0},
+            },
+        }
+    }
+
+
+def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
+    """`settings.total_steps` steps of ajet's debug TrainingLoop; timings of the steps after warm-up."""
+    import asyncio
+
+    import yaml
+
+    from ajet.backbone.debug import TrainingLoop
+    from ajet.config import load_config
+
+    t_setup = time.perf_counter()
+    result = SideResult(name="ajet")
+    device = settings.device
+    rows = load_gsm8k_rows(settings.dataset, settings.prompts_per_step * settings.total_steps)
+    task_file = workdir / "gsm8k_tasks.jsonl"
+    task_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config_path = workdir / "ajet_bench.yaml"
+    config_path.write_text(yaml.safe_dump(ajet_config_dict(settings, task_file)))
+    cfg = load_config(config_path, [])
+
+    class MeasuredLoop(TrainingLoop):
+        """Resets the memory high-water mark when the first measured step starts; adds CPU time."""
+
+        async def step(self, step: int) -> dict[str, float]:
+            if step == settings.warmup_steps:
+                reset_peak_memory(device)
+            if step == 0:
+                result.setup_s = time.perf_counter() - t_setup
+            cpu0 = time.process_time()
+            metrics = await super().step(step)
+            metrics["bench/cpu_s"] = time.process_time() - cpu0
+            return metrics
+
+        def _save(self, step: int) -> None:
+            # The loop's end-of-run checkpoint (weights + AdamW state) is not part of a GRPO step and
+            # TRL's side saves nothing (save_strategy="no"); skipping it keeps the default run short.
+            return None
+
+    loop = MeasuredLoop(cfg, workdir / "ajet_run")
+    asyncio.run(loop.run())
+    result.peak_memory_mb = peak_memory_mb(device)
+    result.process_peak_memory_mb = process_peak_memory_mb(device)
+    for metrics in loop.history[settings.warmup_steps :]:
+        rollout, judge = metrics["timing/rollout_s"], metrics.get("timing/judge_s_sum", 0.0)
+        episodes = metrics.get("rollout/episodes", 0.0)
+        completion = metrics.get("rollout/response_tokens_mean", 0.0) * episodes
+        total = metrics.get("rollout/tokens_per_episode", 0.0) * episodes
+        result.steps.append(
+            StepRecord(
+                step_s=metrics["timing/step_s"],
+                rollout_s=rollout,
+                # Judges run on the episodes' threads after each reply; their summed time is an upper
+                # bound of what they add to the rollout's wall clock.
+                generation_s=max(rollout - judge, 0.0),
+                judge_s=judge,
+                update_s=metrics["timing/train_s"],
+                completion_tokens=int(round(completion)),
+                prompt_tokens=int(round(total - completion)),
+                reward_mean=metrics.get("rollout/reward_mean", 0.0),
+                cpu_s=metrics["bench/cpu_s"],
+            )
+        )
+    result.notes.append("generation = timing/rollout_s - timing/judge_s_sum (proxy + hf engine + tracker)")
+    return result
+
+
+# ----------------------------------------------------------------------------------------- summary
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """min/median/max of repeated measurements."""
+    if not values:
+        return {"min": float("nan"), "median": float("nan"), "max": float("nan"), "n": 0}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+FIGURES = (
+    "step_s", "rollout_s", "generation_s", "judge_s", "update_s", "gen_tokens_per_s", "step_tokens_per_s", "cpu_s",
+)
+
+
+def side_figures(side: SideResult) -> dict[str, dict[str, float]]:
+    """Per-figure spread over the measured steps, plus memory and token counts."""
+    per_step: dict[str, list[float]] = {name: [] for name in FIGURES}
+    for s in side.steps:
+        per_step["step_s"].append(s.step_s)
+        per_step["rollout_s"].append(s.rollout_s)
+        per_step["generation_s"].append(s.generation_s)
+        per_step["judge_s"].append(s.judge_s)
+        per_step["update_s"].append(s.update_s)
+        per_step["gen_tokens_per_s"].append(s.completion_tokens / s.generation_s if s.generation_s > 0 else 0.0)
+        per_step["step_tokens_per_s"].append(s.completion_tokens / s.step_s if s.step_s > 0 else 0.0)
+        per_step["cpu_s"].append(s.cpu_s)
+    figures = {name: spread(values) for name, values in per_step.items()}
+    figures["completion_tokens"] = spread([float(s.completion_tokens) for s in side.steps])
+    figures["prompt_tokens"] = spread([float(s.prompt_tokens) for s in side.steps])
+    figures["reward_mean"] = spread([s.reward_mean for s in side.steps])
+    figures["peak_memory_mb"] = spread([side.peak_memory_mb])
+    return figures
+
+
+def ratios(ajet: dict[str, dict[str, float]], trl: dict[str, dict[str, float]]) -> dict[str, float]:
+    """ajet/TRL on medians, for every figure both sides have."""
+    out = {}
+    for name in (*FIGURES, "peak_memory_mb"):
+        a, t = ajet[name]["median"], trl[name]["median"]
+        out[name] = a / t if t else float("nan")
+    return out
+
+
+def environment_info(settings: BenchSettings) -> dict[str, Any]:
+    import torch
+
+    import ajet
+
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": settings.threads,
+        "ajet": ajet.__version__,
+        "versions": {name: _version(name) for name in ("torch", "transformers", "trl", "accelerate", "datasets")},
+    }
+    if settings.device.startswith("cuda") and torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+    else:
+        info["device"] = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return info
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    sides, ratio = report["sides"], report["ratio_ajet_over_trl"]
+    table = Table(title=f"GRPO step, ajet vs TRL - {report['settings']['model']} on {report['environment']['device']}")
+    table.add_column("figure")
+    for name in ("trl", "ajet"):
+        table.add_column(f"{name} min / median / max", justify="right")
+    table.add_column("ajet/TRL (median)", justify="right")
+    for name in (*FIGURES, "peak_memory_mb", "completion_tokens", "prompt_tokens", "reward_mean"):
+        cells = []
+        for side in ("trl", "ajet"):
+            fig = sides.get(side, {}).get("figures", {}).get(name)
+            cells.append("-" if fig is None or not fig["n"] else _fmt_spread(fig))
+        table.add_row(name, *cells, f"{ratio[name]:.2f}" if name in ratio else "")
+    Console().print(table)
+
+
+def _fmt_spread(fig: dict[str, float]) -> str:
+    if fig["min"] == fig["max"]:
+        return f"{fig['median']:.4g}"
+    return f"{fig['min']:.4g} / {fig['median']:.4g} / {fig['max']:.4g}"
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def run_side(side: str, settings: BenchSettings, workdir: Path) -> SideResult:
+    import torch
+
+    if settings.device == "cpu":
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    return {"trl": run_trl, "ajet": run_ajet}[side](settings, workdir)
+
+
+def run_side_in_child(side: str, settings: BenchSettings, workdir: Path, timeout_s: float | None) -> SideResult | str:
+    """Run one side in a fresh interpreter; the SideResult, or the error text when it failed."""
+    out = workdir / f"{side}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", side, "--_child-out", str(out),
+           "--_settings", json.dumps(dataclasses.asdict(settings))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, timeout=timeout_s, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        return f"{side} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    data = json.loads(out.read_text())
+    data["steps"] = [StepRecord(**s) for s in data["steps"]]
+    return SideResult(**data)
+
+
+def build_report(settings: BenchSettings, results: dict[str, SideResult | str]) -> dict[str, Any]:
+    sides: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, res in results.items():
+        if isinstance(res, str):
+            errors[name] = res
+            continue
+        sides[name] = {
+            "figures": side_figures(res),
+            "setup_s": res.setup_s,
+            "process_peak_memory_mb": res.process_peak_memory_mb,
+            "notes": res.notes,
+            "steps": [dataclasses.asdict(s) for s in res.steps],
+        }
+    ratio = ratios(sides["ajet"]["figures"], sides["trl"]["figures"]) if {"ajet", "trl"} <= sides.keys() else {}
+    return {
+        "benchmark": "grpo_vs_trl",
+        "environment": environment_info(settings),
+        "settings": dataclasses.asdict(settings),
+        "sides": sides,
+        "ratio_ajet_over_trl": ratio,
+        "errors": errors,
+    }
+
+
+def parse_settings(argv: list[str] | None = None) -> tuple[BenchSettings, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
+                        help="auto: gpu when CUDA is available, else cpu")
+    for f in dataclasses.fields(BenchSettings):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+    parser.add_argument("--sides", default="trl,ajet", help="comma-separated, in run order")
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/grpo_vs_trl-<date>.json)")
+    parser.add_argument("--side-timeout", type=float, default=None, help="seconds per side before it is killed")
+    parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_child-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_settings", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._settings:
+        return BenchSettings(**json.loads(args._settings)), args
+    preset = args.preset
+    if preset == "auto":
+        import torch
+
+        preset = "gpu" if torch.cuda.is_available() else "cpu"
+    values = dict(PRESETS[preset])
+    for f in dataclasses.fields(BenchSettings):
+        given = getattr(args, f.name)
+        if given is not None:
+            values[f.name] = given
+    return BenchSettings(**values), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, args = parse_settings(argv)
+    if args._child:
+        res = run_side(args._child, settings, Path(args._child_out).parent)
+        Path(args._child_out).write_text(json.dumps(dataclasses.asdict(res)))
+        return 0
+    results: dict[str, SideResult | str] = {}
+    with tempfile.TemporaryDirectory(prefix="ajet-bench-grpo-") as tmp:
+        for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
+            workdir = Path(tmp) / side
+            workdir.mkdir()
+            t0 = time.perf_counter()
+            print(f"[grpo_vs_trl] running {side} ({settings.total_steps} steps) ...", flush=True)
+            try:
+                results[side] = run_side_in_child(side, settings, workdir, args.side_timeout)
+            except subprocess.TimeoutExpired:
+                results[side] = f"{side} timed out after {args.side_timeout} s"
+            print(f"[grpo_vs_trl] {side} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    report = build_report(settings, results)
+    for name, error in report["errors"].items():
+        print(f"[grpo_vs_trl] {name}: {error}", file=sys.stderr)
+    if report["sides"]:
+        print_table(report)
+    out = Path(args.out) if args.out else RESULTS_DIR / f"grpo_vs_trl-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0 if not report["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""What the OpenAI-compatible proxy adds to a rollout: the same episodes through HTTP vs in-process.
+
+    python bench/proxy_overhead.py                                   # CPU defaults, ~1-2 min on 2 cores
+    python bench/proxy_overhead.py --episodes 16 --turns 4 --concurrency 1 8 16 --repeats 3
+
+Each episode is a multi-turn chat (system + user, then `--turns` model calls, a user message after
+each reply), greedy, with a fixed reply budget. Two paths produce the same rollouts:
+- direct: the episode's EpisodeTracker builds each prompt (render + splice), then
+  `await engine.generate(ids)`, then the reply is decoded and recorded: everything except HTTP.
+- proxy:  the episode talks to ProxyServer through `openai.AsyncOpenAI` over 127.0.0.1.
+So proxy - direct is the cost of HTTP, JSON, the OpenAI client, tool-call parsing and the hop to the
+server thread. Engines: `hf` (HFEngine on `--model`, the real rollout cost) and `scripted` (a
+ScriptedEngine with no model, so the whole wall time is framework overhead).
+Columns: wall seconds (median, min-max over repeats), calls, ms per call, proxy-minus-direct ms per
+call and its share of the proxy path's wall time; `same` checks both paths sampled identical tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from _common import environment, fmt_stats, print_table, summarize, write_results  # noqa: E402
+
+from ajet.engine.base import Engine, SamplingParams  # noqa: E402
+from ajet.proxy import ProxyServer  # noqa: E402
+from ajet.tracker import EpisodeTracker, LLMCall  # noqa: E402
+from ajet.tracker.render import normalize_messages  # noqa: E402
+
+SYSTEM = "You are a careful assistant. Answer briefly."
+
+
+def episode_messages(i: int) -> list[dict[str, Any]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Question {i}: what is {i} plus {i * 3}?"}]
+
+
+async def run_direct(engine: Engine, tokenizer: Any, args, concurrency: int, params: SamplingParams) -> tuple[float, list[list[int]]]:
+    sem = asyncio.Semaphore(concurrency)
+    replies: list[list[int]] = [[] for _ in range(args.episodes)]
+
+    async def episode(i: int) -> None:
+        async with sem:
+            tracker = EpisodeTracker(f"direct-{i}", tokenizer)
+            messages = episode_messages(i)
+            for turn in range(args.turns):
+                msgs = normalize_messages(messages)
+                plan = tracker.prepare_prompt(msgs, None)
+                done = await engine.generate(plan.prompt_ids, params)
+                text = tokenizer.decode(done.token_ids, skip_special_tokens=True)
+                assistant = {"role": "assistant", "content": text}
+                tracker.record(
+                    LLMCall(plan.prompt_ids, done.token_ids, done.logprobs, done.policy_versions, done.finish_reason, msgs, None, assistant)
+                )
+                replies[i].extend(done.token_ids)
+                messages += [assistant, {"role": "user", "content": f"Go on ({turn})."}]
+
+    start = time.perf_counter()
+    await asyncio.gather(*(episode(i) for i in range(args.episodes)))
+    return time.perf_counter() - start, replies
+
+
+async def run_proxy(proxy: ProxyServer, args, concurrency: int, params: SamplingParams) -> tuple[float, list[list[int]]]:
+    import openai
+
+    sem = asyncio.Semaphore(concurrency)
+    handles = [proxy.open_episode(f"proxy-{i}", params) for i in range(args.episodes)]
+
+    async def episode(i: int) -> None:
+        async with sem:
+            client = openai.AsyncOpenAI(base_url=handles[i].base_url, api_key=handles[i].api_key, max_retries=0)
+            messages = episode_messages(i)
+            for turn in range(args.turns):
+                resp = await client.chat.completions.create(model="ajet", messages=messages)
+                messages += [{"role": "assistant", "content": resp.choices[0].message.content}, {"role": "user", "content": f"Go on ({turn})."}]
+            await client.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(episode(i) for i in range(args.episodes)))
+    wall = time.perf_counter() - start
+    replies = [[t for c in proxy.close_episode(h.api_key).calls for t in c.response_ids] for h in handles]
+    return wall, replies
+
+
+def build_engine(kind: str, tokenizer: Any, args) -> Engine:
+    if kind == "scripted":
+        from ajet.engine.scripted import ScriptedEngine
+
+        return ScriptedEngine(tokenizer, lambda prompt: "The answer is " + str(len(prompt) % 97) + ".")
+    from ajet.engine.hf import HFEngine
+    from ajet.models import load_model
+
+    return HFEngine(load_model(args.model), tokenizer, max_batch_size=max(args.concurrency), seed=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="builtin:tiny-qwen2-random")
+    parser.add_argument("--engines", nargs="+", default=["scripted", "hf"], choices=["scripted", "hf"])
+    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from ajet.models import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    params = SamplingParams(max_tokens=args.max_new_tokens, temperature=0.0)
+    rows, results = [], []
+    for kind in args.engines:
+        engine = build_engine(kind, tokenizer, args)
+        proxy = ProxyServer(engine, tokenizer)
+        proxy.start()
+        try:
+            asyncio.run(run_direct(engine, tokenizer, argparse.Namespace(episodes=1, turns=1), 1, params))  # warm-up
+            for conc in args.concurrency:
+                direct, via_proxy, same = [], [], True
+                for _ in range(args.repeats):
+                    d_wall, d_replies = asyncio.run(run_direct(engine, tokenizer, args, conc, params))
+                    p_wall, p_replies = asyncio.run(run_proxy(proxy, args, conc, params))
+                    direct.append(d_wall)
+                    via_proxy.append(p_wall)
+                    same = same and d_replies == p_replies
+                calls = args.episodes * args.turns
+                d, p = summarize(direct), summarize(via_proxy)
+                added_ms = (p["median"] - d["median"]) / calls * 1000
+                share = (p["median"] - d["median"]) / p["median"]
+                rows.append(
+                    [kind, conc, fmt_stats(d, 2), fmt_stats(p, 2), calls, f"{d['median'] / calls * 1000:.1f}",
+                     f"{p['median'] / calls * 1000:.1f}", f"{added_ms:.1f}", f"{share:.1%}", same]
+                )
+                results.append(
+                    {"engine": kind, "concurrency": conc, "direct_s": d, "proxy_s": p, "calls": calls,
+                     "added_ms_per_call": added_ms, "added_share_of_rollout": share, "same_tokens": same}
+                )
+        finally:
+            proxy.stop()
+            engine.shutdown()
+
+    print_table(
+        f"proxy overhead: {args.episodes} episodes x {args.turns} turns, {args.max_new_tokens} new tokens, greedy",
+        ["engine", "conc", "direct s", "proxy s", "calls", "direct ms/call", "proxy ms/call", "added ms/call", "share", "same"],
+        rows,
+    )
+    path = write_results("proxy_overhead", {"env": environment(), "args": vars(args), "results": results})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The Python tool for one episode, shared by the four workflows.
+
+Runs the model's code in ajet's sandboxed executor (limits from `tools.python_executor`, one
+concurrency cap shared by every episode) and counts what the judge's shaping terms look at:
+`tool_calls_without_output` (code that ran fine but printed nothing) feeds `task_judge.behavior_penalty`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ajet.tools import get_python_executor
+
+from tutorial.example_math_agent.prompts import TOOL_NAME
+
+
+class PythonToolSession:
+    """Call `run(code)` for each tool call; put `metadata()` into the WorkflowOutput."""
+
+    def __init__(self, config: Any = None) -> None:
+        self.executor = get_python_executor(config)
+        self.calls = 0
+        self.calls_without_output = 0
+        self.failed_calls = 0
+
+    async def run(self, code: str) -> str:
+        """Execute `code` and return the tool message text the model reads next."""
+        result = await self.executor.arun(code)
+        self.calls += 1
+        self.calls_without_output += int(result.printed_nothing)
+        self.failed_calls += int(not result.ok)
+        return result.to_agent_text()
+
+    async def run_openai_tool_call(self, name: str, arguments: str | None) -> str:
+        """Execute one OpenAI-format tool call; bad calls get an explanation instead of an exception,
+        so the model can correct itself on the next turn."""
+        if name != TOOL_NAME:
+            self.failed_calls += 1
+            return f"Error: unknown tool {name!r}. The only tool is {TOOL_NAME}."
+        try:
+            args = json.loads(arguments or "{}")
+            code = args["code"]
+            if not isinstance(code, str):
+                raise TypeError("code must be a string")
+        except (ValueError, KeyError, TypeError) as exc:
+            self.failed_calls += 1
+            return f'Error: invalid arguments ({exc}). Call {TOOL_NAME} with {{"code": "<python code>"}}.'
+        return await self.run(code)
+
+    def metadata(self) -> dict[str, int]:
+        return {
+            "python_tool_calls": self.calls,
+            "tool_calls_without_output": self.calls_without_output,
+            "python_tool_errors": self.failed_calls,
+        }
+
+
+def max_steps(config: Any, default: int = 8) -> int:
+    """`rollout.multi_turn.max_steps`: model calls allowed per episode."""
+    try:
+        return int(config.rollout.multi_turn.max_steps)
+    except AttributeError:
+        return default
