@@ -174,6 +174,10 @@ def _qualname(cls: type) -> str:
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Every model call is an HTTP request to the proxy; their per-request INFO lines would bury the
+    # training log (they stay available at DEBUG).
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 logger = logging.getLogger(__name__)
 

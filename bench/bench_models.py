@@ -16,6 +16,7 @@ import platform
 import sys
 import time
 import zipfile
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,15 +45,15 @@ def main() -> None:
     rows: list[dict] = []
     for name in ["tiny-qwen2-random", "qwen2.5-cpu-small-random", "smollm2-135m-instruct"]:
         path = f"builtin:{name}"
-        _, t_resolve = _timed(lambda: resolve_model_path(path))
-        tok, t_tok = _timed(lambda: load_tokenizer(path))
-        model, t_model = _timed(lambda: load_model(path))
+        _, t_resolve = _timed(partial(resolve_model_path, path))
+        tok, t_tok = _timed(partial(load_tokenizer, path))
+        model, t_model = _timed(partial(load_model, path))
         ids = tok.apply_chat_template([{"role": "user", "content": "Write one sentence about the sea."}],
                                       add_generation_prompt=True, return_dict=False)
         prompt = torch.tensor([ids])
         with torch.no_grad():
-            _, t_gen = _timed(lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                                     min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens))
+            _, t_gen = _timed(partial(model.generate, prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                      min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens))
         rows.append({"metric": f"{name}: resolve / tokenizer / model load (s)",
                      "value": f"{t_resolve:.2f} / {t_tok:.2f} / {t_model:.2f}"})
         rows.append({"metric": f"{name}: greedy decode, batch 1 (tokens/s)", "value": f"{args.new_tokens / t_gen:.1f}"})

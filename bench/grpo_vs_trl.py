@@ -16,7 +16,7 @@ caches), one after the other on the same device, with the same GSM8K prompts in 
 
 Both sides use the same reward rule (`ajet.judge.math.judge_answer`). Figures are min/median/max over
 the measured steps after warm-up; the ratio column is ajet/TRL on medians (below 1 is faster for
-times, above 1 is faster for tokens/s). Writes bench/results/grpo_vs_trl-<date>.json.
+times, above 1 is faster for tokens/s). Writes bench/results/grpo_vs_trl-<UTC time>.json.
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as _dt
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,12 +36,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as `python bench/grpo_vs_trl.py` from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "bench"):  # run as `python bench/grpo_vs_trl.py` from a checkout
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _common import environment, fmt_stats, print_table, summarize, write_results  # noqa: E402
 
 from ajet import Workflow, WorkflowOutput  # noqa: E402
 DEFAULT_DATASET = Path("/work/shared/datasets/gsm8k/train.jsonl")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 INSTRUCTION = "Solve the problem. End your reply with the final answer after '####'."
 
 
@@ -479,20 +478,13 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
 # ----------------------------------------------------------------------------------------- summary
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    """min/median/max of repeated measurements."""
-    if not values:
-        return {"min": float("nan"), "median": float("nan"), "max": float("nan"), "n": 0}
-    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
-
-
 FIGURES = (
     "step_s", "rollout_s", "generation_s", "judge_s", "update_s", "gen_tokens_per_s", "step_tokens_per_s", "cpu_s",
 )
 
 
 def side_figures(side: SideResult) -> dict[str, dict[str, float]]:
-    """Per-figure spread over the measured steps, plus memory and token counts."""
+    """Per-figure min/median/max over the measured steps, plus memory and token counts."""
     per_step: dict[str, list[float]] = {name: [] for name in FIGURES}
     for s in side.steps:
         per_step["step_s"].append(s.step_s)
@@ -503,11 +495,11 @@ def side_figures(side: SideResult) -> dict[str, dict[str, float]]:
         per_step["gen_tokens_per_s"].append(s.completion_tokens / s.generation_s if s.generation_s > 0 else 0.0)
         per_step["step_tokens_per_s"].append(s.completion_tokens / s.step_s if s.step_s > 0 else 0.0)
         per_step["cpu_s"].append(s.cpu_s)
-    figures = {name: spread(values) for name, values in per_step.items()}
-    figures["completion_tokens"] = spread([float(s.completion_tokens) for s in side.steps])
-    figures["prompt_tokens"] = spread([float(s.prompt_tokens) for s in side.steps])
-    figures["reward_mean"] = spread([s.reward_mean for s in side.steps])
-    figures["peak_memory_mb"] = spread([side.peak_memory_mb])
+    figures = {name: summarize(values) for name, values in per_step.items()}
+    figures["completion_tokens"] = summarize([float(s.completion_tokens) for s in side.steps])
+    figures["prompt_tokens"] = summarize([float(s.prompt_tokens) for s in side.steps])
+    figures["reward_mean"] = summarize([s.reward_mean for s in side.steps])
+    figures["peak_memory_mb"] = summarize([side.peak_memory_mb])
     return figures
 
 
@@ -521,24 +513,17 @@ def ratios(ajet: dict[str, dict[str, float]], trl: dict[str, dict[str, float]]) 
 
 
 def environment_info(settings: BenchSettings) -> dict[str, Any]:
+    """bench/_common's environment (taken in the parent, so its thread count is set to the children's)."""
     import torch
 
     import ajet
 
-    info = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": settings.threads,
-        "ajet": ajet.__version__,
-        "versions": {name: _version(name) for name in ("torch", "transformers", "trl", "accelerate", "datasets")},
-    }
-    if settings.device.startswith("cuda") and torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name(0)
-    else:
-        info["device"] = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return info
+    if settings.device == "cpu":
+        torch.set_num_threads(settings.threads)
+    env = environment()
+    env["versions"] = {name: _version(name) for name in ("trl", "accelerate", "datasets", "peft")}
+    env["versions"]["ajet"] = ajet.__version__
+    return env
 
 
 def _version(package: str) -> str:
@@ -550,29 +535,22 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+TABLE_ROWS = (*FIGURES, "peak_memory_mb", "completion_tokens", "prompt_tokens", "reward_mean")
 
+
+def report_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Table rows: figure, TRL and ajet as 'median (min-max)', ratio ajet/TRL of the medians."""
     sides, ratio = report["sides"], report["ratio_ajet_over_trl"]
-    table = Table(title=f"GRPO step, ajet vs TRL - {report['settings']['model']} on {report['environment']['device']}")
-    table.add_column("figure")
-    for name in ("trl", "ajet"):
-        table.add_column(f"{name} min / median / max", justify="right")
-    table.add_column("ajet/TRL (median)", justify="right")
-    for name in (*FIGURES, "peak_memory_mb", "completion_tokens", "prompt_tokens", "reward_mean"):
-        cells = []
+    rows = []
+    for name in TABLE_ROWS:
+        digits = 3 if name in ("judge_s", "reward_mean") else (0 if name.endswith(("_mb", "_tokens")) else 2)
+        cells = [name]
         for side in ("trl", "ajet"):
             fig = sides.get(side, {}).get("figures", {}).get(name)
-            cells.append("-" if fig is None or not fig["n"] else _fmt_spread(fig))
-        table.add_row(name, *cells, f"{ratio[name]:.2f}" if name in ratio else "")
-    Console().print(table)
-
-
-def _fmt_spread(fig: dict[str, float]) -> str:
-    if fig["min"] == fig["max"]:
-        return f"{fig['median']:.4g}"
-    return f"{fig['min']:.4g} / {fig['median']:.4g} / {fig['max']:.4g}"
+            cells.append(fmt_stats(fig, digits) if fig else "-")
+        cells.append(f"{ratio[name]:.2f}" if name in ratio else "")
+        rows.append(cells)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -601,12 +579,35 @@ def run_side_in_child(side: str, settings: BenchSettings, workdir: Path, timeout
     return SideResult(**data)
 
 
+def merge_rounds(first: SideResult | str, later: SideResult | str) -> SideResult | str:
+    """One side's rounds pooled: all measured steps, the highest peaks; any failed round fails the side."""
+    if isinstance(first, str) or isinstance(later, str):
+        return first if isinstance(first, str) else later
+    return SideResult(
+        name=first.name,
+        steps=first.steps + later.steps,
+        peak_memory_mb=max(first.peak_memory_mb, later.peak_memory_mb),
+        process_peak_memory_mb=max(first.process_peak_memory_mb, later.process_peak_memory_mb),
+        setup_s=first.setup_s,
+        notes=first.notes,
+    )
+
+
+def round_orders(sides: list[str], rounds: int) -> list[list[str]]:
+    """Each round runs every side once; the order flips every round (A B, B A, ...), so a machine
+    that gets busier or quieter over the run does not favour whichever side always runs first."""
+    return [list(sides) if r % 2 == 0 else list(reversed(sides)) for r in range(rounds)]
+
+
 def build_report(settings: BenchSettings, results: dict[str, SideResult | str]) -> dict[str, Any]:
     sides: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for name, res in results.items():
         if isinstance(res, str):
             errors[name] = res
+            continue
+        if not res.steps:
+            errors[name] = f"{name} recorded no measured steps"
             continue
         sides[name] = {
             "figures": side_figures(res),
@@ -633,7 +634,9 @@ def parse_settings(argv: list[str] | None = None) -> tuple[BenchSettings, argpar
     for f in dataclasses.fields(BenchSettings):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     parser.add_argument("--sides", default="trl,ajet", help="comma-separated, in run order")
-    parser.add_argument("--out", default=None, help="JSON path (default bench/results/grpo_vs_trl-<date>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/grpo_vs_trl-<UTC time>.json)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every side this many times, order flipped each round; steps are pooled")
     parser.add_argument("--side-timeout", type=float, default=None, help="seconds per side before it is killed")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_child-out", default=None, help=argparse.SUPPRESS)
@@ -661,25 +664,34 @@ def main(argv: list[str] | None = None) -> int:
         Path(args._child_out).write_text(json.dumps(dataclasses.asdict(res)))
         return 0
     results: dict[str, SideResult | str] = {}
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="ajet-bench-grpo-") as tmp:
-        for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
-            workdir = Path(tmp) / side
-            workdir.mkdir()
-            t0 = time.perf_counter()
-            print(f"[grpo_vs_trl] running {side} ({settings.total_steps} steps) ...", flush=True)
-            try:
-                results[side] = run_side_in_child(side, settings, workdir, args.side_timeout)
-            except subprocess.TimeoutExpired:
-                results[side] = f"{side} timed out after {args.side_timeout} s"
-            print(f"[grpo_vs_trl] {side} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        for round_index, order in enumerate(round_orders(sides, args.rounds)):
+            for side in order:
+                workdir = Path(tmp) / f"{side}-{round_index}"
+                workdir.mkdir()
+                t0 = time.perf_counter()
+                print(f"[grpo_vs_trl] round {round_index + 1}/{args.rounds}: {side} ({settings.total_steps} steps) ...", flush=True)
+                try:
+                    res = run_side_in_child(side, settings, workdir, args.side_timeout)
+                except subprocess.TimeoutExpired:
+                    res = f"{side} timed out after {args.side_timeout} s"
+                results[side] = merge_rounds(results[side], res) if side in results else res
+                print(f"[grpo_vs_trl] {side} done in {time.perf_counter() - t0:.0f} s", flush=True)
     report = build_report(settings, results)
+    report["rounds"] = args.rounds
     for name, error in report["errors"].items():
         print(f"[grpo_vs_trl] {name}: {error}", file=sys.stderr)
     if report["sides"]:
-        print_table(report)
-    out = Path(args.out) if args.out else RESULTS_DIR / f"grpo_vs_trl-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+        title = f"GRPO step, ajet vs TRL: {settings.model}, {settings.prompts_per_step} prompts x {settings.group_size}, " \
+            f"{settings.max_new_tokens} new tokens, {settings.dtype} on {settings.device}"
+        print_table(title, ["figure", "TRL median (min-max)", "ajet median (min-max)", "ajet/TRL"], report_rows(report))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, default=str))
+    else:
+        out = write_results("grpo_vs_trl", report)
     print(f"wrote {out}")
     return 0 if not report["errors"] else 1
 

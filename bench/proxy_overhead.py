@@ -7,7 +7,8 @@ Each episode is a multi-turn chat (system + user, then `--turns` model calls, a 
 each reply), greedy, with a fixed reply budget. Two paths produce the same rollouts:
 - direct: the episode's EpisodeTracker builds each prompt (render + splice), then
   `await engine.generate(ids)`, then the reply is decoded and recorded: everything except HTTP.
-- proxy:  the episode talks to ProxyServer through `openai.AsyncOpenAI` over 127.0.0.1.
+- proxy:  the episode talks to ProxyServer over 127.0.0.1 through the `openai.AsyncOpenAI` client
+  that `AjetTuner.as_raw_openai_sdk_client()` gives a workflow (one client per episode).
 So proxy - direct is the cost of HTTP, JSON, the OpenAI client, tool-call parsing and the hop to the
 server thread. Engines: `hf` (HFEngine on `--model`, the real rollout cost) and `scripted` (a
 ScriptedEngine with no model, so the whole wall time is framework overhead).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ from ajet.engine.base import Engine, SamplingParams  # noqa: E402
 from ajet.proxy import ProxyServer  # noqa: E402
 from ajet.tracker import EpisodeTracker, LLMCall  # noqa: E402
 from ajet.tracker.render import normalize_messages  # noqa: E402
+from ajet.tuner import AjetTuner  # noqa: E402
 
 SYSTEM = "You are a careful assistant. Answer briefly."
 
@@ -70,19 +73,18 @@ async def run_direct(engine: Engine, tokenizer: Any, args, concurrency: int, par
 
 
 async def run_proxy(proxy: ProxyServer, args, concurrency: int, params: SamplingParams) -> tuple[float, list[list[int]]]:
-    import openai
-
     sem = asyncio.Semaphore(concurrency)
     handles = [proxy.open_episode(f"proxy-{i}", params) for i in range(args.episodes)]
 
     async def episode(i: int) -> None:
         async with sem:
-            client = openai.AsyncOpenAI(base_url=handles[i].base_url, api_key=handles[i].api_key, max_retries=0)
+            tuner = AjetTuner(handles[i].base_url, handles[i].api_key, handles[i].episode_id)
+            client = tuner.as_raw_openai_sdk_client(max_retries=0)
             messages = episode_messages(i)
             for turn in range(args.turns):
                 resp = await client.chat.completions.create(model="ajet", messages=messages)
                 messages += [{"role": "assistant", "content": resp.choices[0].message.content}, {"role": "user", "content": f"Go on ({turn})."}]
-            await client.close()
+            await tuner.aclose()
 
     start = time.perf_counter()
     await asyncio.gather(*(episode(i) for i in range(args.episodes)))
@@ -150,6 +152,7 @@ def main() -> None:
             proxy.stop()
             engine.shutdown()
 
+    os.environ.setdefault("COLUMNS", "180")  # rich wraps the table to 80 columns when not on a terminal
     print_table(
         f"proxy overhead: {args.episodes} episodes x {args.turns} turns, {args.max_new_tokens} new tokens, greedy",
         ["engine", "conc", "direct s", "proxy s", "calls", "direct ms/call", "proxy ms/call", "added ms/call", "share", "same"],

@@ -142,11 +142,11 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: qwen2-small on CPU, qwen2.5-0.5b on CUDA")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--samples", type=int, default=8, help="sequences per train_step (tasks x num_repeat)")
-    parser.add_argument("--prompt-len", type=int, default=200)
-    parser.add_argument("--response-len", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=3, help="measured train_steps per configuration (after 1 warm-up)")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--response-len", type=int, default=256, help="longest response; they spread over [1/4, 1] of it")
+    parser.add_argument("--steps", type=int, default=2, help="measured train_steps per configuration (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--micro-batch-sizes", default="2,8")
+    parser.add_argument("--micro-batch-sizes", default="4", help="comma list; each runs padded and packed")
     parser.add_argument("--lora-rank", type=int, default=32, help="0 skips the LoRA row")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
@@ -178,7 +178,11 @@ def main() -> None:
     else:
         reference = {"kind": f"fp32 matmul 2048^3, {args.threads} threads, measured", "flops_per_s": matmul_rate(device, torch.float32, 2048)}
 
-    results = [run_config(name, base, samples, cfg, lora, device, args.steps, pack) for name, cfg, lora, pack in configs]
+    results = []
+    for name, cfg, lora, pack in configs:
+        started = time.perf_counter()
+        results.append(run_config(name, base, samples, cfg, lora, device, args.steps, pack))
+        print(f"{name}: done in {time.perf_counter() - started:.0f} s", flush=True)
     for r in results:
         r["flops_ratio_vs_reference"] = r["achieved_flops_per_s"]["median"] / reference["flops_per_s"]
 

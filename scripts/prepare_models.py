@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ajet.models import ModelResolutionError, list_builtins, resolve_model_path  # noqa: E402
+from ajet.models import ModelResolutionError, list_builtins, resolve_model_path
 
 DEFAULT = ["tiny-qwen2-random", "qwen2.5-cpu-small-random", "smollm2-135m-instruct"]
 

@@ -30,10 +30,24 @@ def _step(bench, **kw):
     return bench.StepRecord(**values)
 
 
-def test_spread_is_min_median_max(bench):
-    assert bench.spread([3.0, 1.0, 2.0, 10.0]) == {"min": 1.0, "median": 2.5, "max": 10.0, "n": 4}
-    empty = bench.spread([])
-    assert empty["n"] == 0 and math.isnan(empty["median"])
+def test_a_side_without_measured_steps_is_reported_as_an_error(bench):
+    settings = bench.BenchSettings()
+    trl = bench.SideResult("trl", steps=[_step(bench)], peak_memory_mb=1.0)
+    report = bench.build_report(settings, {"trl": trl, "ajet": bench.SideResult("ajet")})
+    assert "ajet" in report["errors"] and "ajet" not in report["sides"]
+    assert report["ratio_ajet_over_trl"] == {}  # no ratio from one side
+    report = bench.build_report(settings, {"trl": trl, "ajet": "ajet failed (exit 1): boom"})
+    assert report["errors"]["ajet"].endswith("boom")
+
+
+def test_rounds_alternate_order_and_pool_steps(bench):
+    assert bench.round_orders(["trl", "ajet"], 3) == [["trl", "ajet"], ["ajet", "trl"], ["trl", "ajet"]]
+    a = bench.SideResult("trl", steps=[_step(bench, step_s=1.0)], peak_memory_mb=10.0, setup_s=3.0)
+    b = bench.SideResult("trl", steps=[_step(bench, step_s=2.0), _step(bench, step_s=3.0)], peak_memory_mb=30.0)
+    merged = bench.merge_rounds(a, b)
+    assert [s.step_s for s in merged.steps] == [1.0, 2.0, 3.0]
+    assert merged.peak_memory_mb == 30.0 and merged.setup_s == 3.0
+    assert bench.merge_rounds(a, "trl timed out") == "trl timed out"
 
 
 def test_side_figures_and_ratios_use_per_step_values(bench):
@@ -127,3 +141,5 @@ def test_one_tiny_step_each_side_gives_a_complete_report(bench, tmp_path, gsm8k_
     # Same prompts, same chat template, same tokenizer: both sides must see identical prompt tokens.
     assert report["sides"]["trl"]["steps"][0]["prompt_tokens"] == report["sides"]["ajet"]["steps"][0]["prompt_tokens"]
     assert set(report["ratio_ajet_over_trl"]) == {*bench.FIGURES, "peak_memory_mb"}
+    rows = bench.report_rows(report)
+    assert [r[0] for r in rows] == list(bench.TABLE_ROWS) and all(len(r) == 4 for r in rows)

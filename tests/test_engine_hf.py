@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from ajet.engine import EngineClosedError, SamplingParams, build_engine
 from ajet.engine.hf import HFEngine
+from ajet.engine.prefix_store import PrefixEntry, PrefixStore
 from ajet.engine.sampling import sample_next_tokens, truncate_top_k_top_p
 
 torch.set_num_threads(1)
@@ -309,6 +310,19 @@ async def test_update_weights_rejects_unknown_names_and_shapes(engine):
         engine.update_weights([("lm_head.weight", torch.zeros(3, 3))], version=1)
 
 
+async def test_pause_holds_decoding_until_resume(engine, tokenizer):
+    task = asyncio.ensure_future(
+        engine.generate(_ids(tokenizer, PROMPTS[0]), SamplingParams(max_tokens=200, temperature=0.0))
+    )
+    await _wait_for(lambda: engine.stats()["generated_tokens"] >= 2)
+    engine.pause()
+    held = engine.stats()["generated_tokens"]
+    await asyncio.sleep(0.2)  # the worker would decode several tokens in this time if it were not held
+    assert engine.stats()["generated_tokens"] == held and not task.done()
+    engine.resume()
+    assert len((await task).token_ids) > held
+
+
 async def test_shared_model_mode_pause_edit_bump_version(model, tokenizer):
     shared = copy.deepcopy(model)
     eng = HFEngine(shared, tokenizer)
@@ -316,7 +330,7 @@ async def test_shared_model_mode_pause_edit_bump_version(model, tokenizer):
         prompt = _ids(tokenizer, PROMPTS[0])
         params = SamplingParams(max_tokens=8, temperature=0.0)
         before = await eng.generate(prompt, params)
-        with eng.pause():  # what a trainer sharing the model does around its optimizer step
+        with eng.paused():  # what a trainer sharing the model does around its optimizer step
             shared.train()
             with torch.no_grad():
                 shared.lm_head.weight.mul_(-1.0)
@@ -354,6 +368,83 @@ async def test_peft_lora_wrapped_model_generates_like_its_generate(model, tokeni
         assert any(o.token_ids != _reference_greedy(model, p, 10, eng._default_stop_ids) for p, o in zip(prompts, outs))
     finally:
         eng.shutdown()
+
+
+# ---------------------------------------------------------------- prefix reuse across turns
+
+
+def _next_turn(tokenizer, prompt: list[int], reply: list[int], text: str) -> list[int]:
+    return prompt + reply + _ids(tokenizer, text)
+
+
+async def test_next_turn_reuses_cached_prefix_and_matches_fresh_generation(engine, model, tokenizer):
+    prompt = _ids(tokenizer, PROMPTS[1])
+    params = SamplingParams(max_tokens=10, temperature=0.0)
+    first = await engine.generate(prompt, params)
+    hits_before = engine.stats()["prefix_hit_tokens"]
+    second_prompt = _next_turn(tokenizer, prompt, first.token_ids, " Then what?")
+    second = await engine.generate(second_prompt, params)
+    # Everything the engine had fed for turn one (all but its last sampled token) came from the store.
+    assert engine.stats()["prefix_hit_tokens"] - hits_before == len(prompt) + len(first.token_ids) - 1
+    assert second.token_ids == _reference_greedy(model, second_prompt, 10, engine._default_stop_ids)
+    expected = _full_forward_logprobs(model, second_prompt, second.token_ids, 1.0)
+    assert second.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+async def test_one_prefill_mixes_prefix_hits_of_different_lengths_and_a_miss(engine, model, tokenizer):
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    prompts = [_ids(tokenizer, PROMPTS[0]), _ids(tokenizer, PROMPTS[4])]
+    firsts = await asyncio.gather(*[engine.generate(p, params) for p in prompts])
+    follow_ups = [
+        _next_turn(tokenizer, prompts[0], firsts[0].token_ids, " And then?"),
+        _next_turn(tokenizer, prompts[1], firsts[1].token_ids, " Why"),
+        _ids(tokenizer, PROMPTS[2]),  # no stored prefix
+    ]
+    before = engine.stats()
+    with engine.pause():  # all three are admitted by the same prefill
+        tasks = [asyncio.ensure_future(engine.generate(p, params)) for p in follow_ups]
+        await _wait_for(lambda: engine.stats()["waiting"] == 3)
+    outs = await asyncio.gather(*tasks)
+    after = engine.stats()
+    assert after["prefill_steps"] - before["prefill_steps"] == 1
+    reused = sum(len(p) + len(f.token_ids) - 1 for p, f in zip(prompts, firsts))
+    assert after["prefix_hit_tokens"] - before["prefix_hit_tokens"] == reused
+    for prompt, out in zip(follow_ups, outs):
+        assert out.token_ids == _reference_greedy(model, prompt, 8, engine._default_stop_ids)
+        assert out.logprobs == pytest.approx(_full_forward_logprobs(model, prompt, out.token_ids, 1.0), abs=1e-4)
+
+
+async def test_stored_prefixes_are_not_reused_after_a_policy_change(engine, tokenizer):
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    prompt = _ids(tokenizer, PROMPTS[3])
+    first = await engine.generate(prompt, params)
+    other = _tiny_model(len(tokenizer), seed=11)
+    engine.update_weights(other.state_dict().items(), version=1)
+    second_prompt = _next_turn(tokenizer, prompt, first.token_ids, " ok")
+    second = await engine.generate(second_prompt, params)
+    assert engine.stats()["prefix_hit_tokens"] == 0
+    assert second.token_ids == _reference_greedy(other, second_prompt, 6, engine._default_stop_ids)
+    # Shared-model mode: a version bump alone also retires what was stored under the old version.
+    with engine.paused():
+        engine.policy_version = 2
+    await engine.generate(_next_turn(tokenizer, second_prompt, second.token_ids, " ok"), params)
+    assert engine.stats()["prefix_hit_tokens"] == 0
+
+
+def test_prefix_store_longest_match_version_and_lru_budget():
+    def entry(tokens, version=0):
+        kv = [torch.zeros(1, len(tokens), 2)]
+        return PrefixEntry(tuple(tokens), kv, kv, version)
+
+    store = PrefixStore(max_tokens=10)
+    store.put(entry([1, 2]))
+    store.put(entry([1, 2, 3, 4]))
+    store.put(entry([7, 8, 9], version=1))
+    assert store.lookup([1, 2, 3, 4, 5], version=0).tokens == (1, 2, 3, 4)
+    assert store.lookup([1, 2, 3, 4], version=0).tokens == (1, 2)  # must leave one token to compute
+    assert store.lookup([7, 8, 9, 1], version=0) is None  # other policy version
+    store.put(entry([5, 6, 7]))  # 12 tokens > 10: the least recently used ([7, 8, 9]) goes
+    assert store.num_tokens == 9 and store.lookup([7, 8, 9, 1], version=1) is None
 
 
 # ---------------------------------------------------------------- lifecycle

@@ -95,7 +95,7 @@ def test_hub_id_with_no_hub_answering(monkeypatch):
 
 def test_hub_reachable_probe(monkeypatch):
     class Ok(BaseHTTPRequestHandler):
-        def do_HEAD(self):  # noqa: N802 - http.server's naming
+        def do_HEAD(self):
             self.send_response(200)
             self.end_headers()
 
@@ -139,7 +139,7 @@ def test_no_package_index(no_package_index):
 
 
 def test_smollm2_with_no_hub_and_no_package_index(no_package_index, monkeypatch):
-    import ajet.models.smollm2 as smollm2
+    from ajet.models import smollm2
 
     def not_cached(repo_id):
         raise ModelResolutionError("not cached")
@@ -161,8 +161,7 @@ def test_smollm2_with_no_hub_and_no_package_index(no_package_index, monkeypatch)
 
 def test_qwen25_shapes_match_published_parameter_counts():
     """Total and non-embedding parameters as on the Qwen2.5 model cards (billions, 2 decimals)."""
-    from transformers import Qwen2Config
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen2Config
 
     published = {"qwen2.5-0.5b-random": (0.49, 0.36), "qwen2.5-1.5b-random": (1.54, 1.31),
                  "qwen2.5-3b-random": (3.09, 2.77), "qwen2.5-7b-random": (7.61, 6.53)}

@@ -292,6 +292,7 @@ async def test_n_choices_are_sampled_and_recorded_separately(make_proxy):
     assert sorted(c.message.content for c in resp.choices) == ["choice 0", "choice 1", "choice 2"]
     tracker = proxy.close_episode(handle.api_key)
     assert len(tracker.calls) == 3 and len(tracker.samples()) == 3 and tracker.metrics()["turns"] == 1
+    assert len(engine.requests) == 3 and len({tuple(r.prompt_ids) for r in engine.requests}) == 1
 
 
 async def test_tool_choice_none_drops_tools_from_prompt(make_proxy):

@@ -50,12 +50,15 @@ async def test_raw_openai_client_is_tracked_into_the_episode(scripted_proxy):
     assert resp.choices[0].message.content == "raw reply"
     (call,) = proxy.close_episode(handle.api_key).calls
     assert call.response_ids == engine.requests[0].completion.token_ids
+    model_client = tuner.as_agentscope_model().client
+    await tuner.aclose()
+    assert client.is_closed() and model_client.is_closed()
 
 
 async def test_as_agentscope_model_returns_openai_chat_model(scripted_proxy):
     from agentscope.model import ChatModelBase, OpenAIChatModel
 
-    proxy, _, handle, tuner = scripted_proxy(lambda _: tool_call_text("add", {"a": 1, "b": 2}, content="Adding."))
+    _, _, _, tuner = scripted_proxy(lambda _: tool_call_text("add", {"a": 1, "b": 2}, content="Adding."))
     model = tuner.as_agentscope_model()
     assert isinstance(model, OpenAIChatModel) and isinstance(tuner, ChatModelBase)
     assert tuner.stream is False and tuner.model_name == "ajet"
@@ -100,7 +103,7 @@ async def test_react_agent_with_model_tuner_completes_a_tool_turn(scripted_proxy
         return "The sum is 42."
 
     proxy, engine, handle, tuner = scripted_proxy(reply)
-    tuner.stream = stream  # AgentScope's streaming path parses our SSE chunks, tool-call deltas included
+    tuner.stream = stream  # ReActAgent then consumes an async generator of ChatResponse chunks
     toolkit = Toolkit()
     toolkit.register_tool_function(add)
     agent = ReActAgent(

@@ -18,22 +18,22 @@ import pytest
 
 verl = pytest.importorskip("verl", reason="verl is not installed (pip install 'ajet[verl]')")
 
-from proxy_helpers import ADD_TOOL, tokenizer, tool_call_text  # noqa: E402
+from proxy_helpers import ADD_TOOL, tokenizer, tool_call_text
 
-from ajet.backbone.verl.batch import samples_to_dataproto, split_sample  # noqa: E402
-from ajet.backbone.verl.config_translation import (  # noqa: E402
+from ajet.backbone.verl.batch import samples_to_dataproto, split_sample
+from ajet.backbone.verl.config_translation import (
     AGENT_LOOP_NAME,
     VerlConfigError,
     compose_verl_config,
     translate_config,
 )
-from ajet.config import load_config  # noqa: E402
-from ajet.engine.base import SamplingParams  # noqa: E402
-from ajet.engine.scripted import ScriptedEngine, scripted_logprob  # noqa: E402
-from ajet.engine.verl_server import VerlServerEngine, to_verl_sampling_params  # noqa: E402
-from ajet.judge.base import BaseJudge  # noqa: E402
-from ajet.schema import Sample, Task, WorkflowOutput  # noqa: E402
-from ajet.workflow import Workflow  # noqa: E402
+from ajet.config import load_config
+from ajet.engine.base import SamplingParams
+from ajet.engine.scripted import ScriptedEngine, scripted_logprob
+from ajet.engine.verl_server import VerlServerEngine, to_verl_sampling_params
+from ajet.judge.base import BaseJudge
+from ajet.schema import Sample, Task, WorkflowOutput
+from ajet.workflow import Workflow
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_YAML = REPO / "tutorial" / "example_math_agent" / "math_agent.yaml"
@@ -297,10 +297,10 @@ def _scripted_reply(text: str) -> str:
 @pytest.fixture
 def agent_loop_env(monkeypatch):
     """An AjetAgentLoop built the way verl's worker builds it, over a fake server manager."""
-    import ajet.backbone.components as components
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
+    from ajet.backbone import components
     from ajet.backbone.verl import agent_loop as al
 
     cfg = math_cfg("rollout.proxy_host=127.0.0.1", "rollout.max_env_worker=2", "rollout.temperature=0.8",
@@ -409,7 +409,7 @@ async def test_agent_loop_turns_a_failed_episode_into_a_zero_reward_row(agent_lo
         async def execute(self, workflow_task, tuner):
             raise RuntimeError("tool server down")
 
-    import ajet.backbone.components as components
+    from ajet.backbone import components
     from ajet.backbone.verl.agent_loop import task_to_extra_info
 
     monkeypatch.setattr(components, "load_workflow_and_judge", lambda c: (Broken, AnswerJudge(config=c)))
@@ -422,6 +422,38 @@ async def test_agent_loop_turns_a_failed_episode_into_a_zero_reward_row(agent_lo
     assert out.prompt_ids  # the first prompt still fills the row
     assert "tool server down" in out.extra_fields["ajet_error"]
     assert agent_loop_env.manager.calls == []
+
+
+async def test_agent_loop_writes_a_logview_page_per_worker(agent_loop_env, monkeypatch, tmp_path):
+    from ajet.backbone.verl.agent_loop import LOGVIEW_DIR_ENV, task_to_extra_info
+
+    monkeypatch.setenv(LOGVIEW_DIR_ENV, str(tmp_path / "logview"))
+    agent_loop_env.cfg.trainer_common.logview_episodes = 2
+    task = Task(main_query="What is 40 + 2?", task_id="t-lv", metadata={"reference_answer": "42"})
+    loop = agent_loop_env.make_loop()
+    pages = []
+    for i in range(2):
+        await loop.run({"temperature": 1.0, "top_p": 1.0, "top_k": -1}, raw_prompt=task.init_messages,
+                       extra_info=task_to_extra_info(task, i), uid="g")
+        pages.append(sorted((tmp_path / "logview").glob("rollout-*.html")) if (tmp_path / "logview").exists() else [])
+    assert pages[0] == []  # the page is rewritten once per logview_episodes episodes
+    (page,) = pages[1]
+    text = page.read_text()
+    assert text.count('class="episode') == 2 and "t-lv" in text
+
+
+def test_an_episode_split_into_several_samples_returns_the_last_and_counts_the_rest():
+    from ajet.backbone.verl.agent_loop import episode_to_agent_loop_output
+    from ajet.schema import EpisodeResult
+
+    first = _sample([1, 2], [3, 4], [1, 1], [-0.1, -0.2], 0.7, "g", "ep")
+    last = _sample([1, 9], [5, 6, 7], [1, 0, 1], [-0.3, 0.0, -0.4], 0.7, "g", "ep")
+    result = EpisodeResult(task=Task(main_query="q", task_id="g"), episode_id="ep", repeat_index=0,
+                           samples=[first, last], reward=0.7, is_success=True, num_turns=3)
+    out = episode_to_agent_loop_output(result, tokenizer(), prompt_length=8, response_length=8)
+    assert (out.prompt_ids, out.response_ids, out.response_mask) == ([1, 9], [5, 6, 7], [1, 0, 1])
+    assert out.response_logprobs == [-0.3, 0.0, -0.4] and out.reward_score == 0.7
+    assert out.extra_fields["ajet_num_samples"] == 2 and out.extra_fields["ajet_dropped_samples"] == 1
 
 
 class AskOnceWorkflow(Workflow):
@@ -438,7 +470,7 @@ async def test_agent_loop_driven_by_the_hf_engine_keeps_tokens_and_logprobs_alig
     model's own log-softmax at exactly the response tokens."""
     import torch
 
-    import ajet.backbone.components as components
+    from ajet.backbone import components
     from ajet.backbone.verl.agent_loop import task_to_extra_info
     from ajet.engine.hf import HFEngine
     from ajet.models import load_model
@@ -540,6 +572,21 @@ def test_missing_verl_explains_how_to_install(capsys):
     assert 'pip install "ajet[verl]"' in capsys.readouterr().err
 
 
+def test_verl_on_a_machine_without_gpus_says_so_instead_of_waiting(capsys, monkeypatch):
+    import torch
+
+    from ajet.backbone.verl import launch
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = launch.run(math_cfg("trainer_common.n_gpus_per_node=2"), SimpleNamespace(), find_spec=lambda name: object())
+    assert code == launch.EXIT_NO_GPU
+    err = capsys.readouterr().err
+    assert "needs 2 NVIDIA GPU(s)" in err and "found 0" in err
+    # joining a cluster: its GPUs may live on other nodes, so no local check
+    assert launch.gpu_problem(2, environ={"RAY_ADDRESS": "head:6379"}) is None
+
+
 def _write_gsm8k_like(path: Path, rows: list[tuple[str, str]]) -> Path:
     path.write_text("".join(json.dumps({"question": q, "answer": f"... #### {a}"}) + "\n" for q, a in rows))
     return path
@@ -551,7 +598,11 @@ def test_prepare_run_writes_what_verl_reads(tmp_path):
     import hydra
     from omegaconf import OmegaConf
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
-    from verl.trainer.ppo.utils import create_rl_dataset, need_critic, need_reference_policy
+    from verl.trainer.ppo.utils import (
+        create_rl_dataset,
+        need_critic,
+        need_reference_policy,
+    )
     from verl.utils.config import validate_config
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
@@ -562,6 +613,7 @@ def test_prepare_run_writes_what_verl_reads(tmp_path):
     cfg = math_cfg(
         "task_reader.type=dataset_file",
         f"task_reader.dataset_file.training.file_path={train}",
+        "data.shuffle=false",
         "data.max_prompt_length=256",
         "data.max_response_length=128",
     )
@@ -622,14 +674,13 @@ def test_ray_session_starts_local_ray_and_shuts_down_on_ctrl_c(monkeypatch):
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert not ray.is_initialized()
-    with pytest.raises(KeyboardInterrupt):
-        with ray_session(num_cpus=1) as info:
-            assert ray.is_initialized() and not info.connected_to_cluster
+    with pytest.raises(KeyboardInterrupt), ray_session(num_cpus=1) as info:
+        assert ray.is_initialized() and not info.connected_to_cluster
 
-            @ray.remote
-            def square(x):
-                return x * x
+        @ray.remote
+        def square(x):
+            return x * x
 
-            assert ray.get(square.remote(7)) == 49
-            raise KeyboardInterrupt
+        assert ray.get(square.remote(7)) == 49
+        raise KeyboardInterrupt
     assert not ray.is_initialized()

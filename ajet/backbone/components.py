@@ -71,7 +71,7 @@ def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False) -> R
     device = pick_device()
     dtype = pick_dtype(cfg.model.dtype, device)
     tokenizer = load_tokenizer(cfg.model.path)
-    template = ensure_tool_template(tokenizer) if cfg.model.chat_template != "model" else "model"
+    template = ensure_tool_template(tokenizer, mode=cfg.model.chat_template)
     logger.info("chat template: %s", template)
     policy = load_model(cfg.model.path, dtype=dtype, device=device)
     engine_model = policy

@@ -54,6 +54,7 @@ from ajet.engine.base import (
     SamplingParams,
 )
 from ajet.engine.kv_batch import PaddedKV, check_full_attention, merge, select
+from ajet.engine.prefix_store import PrefixEntry, PrefixStore
 from ajet.engine.sampling import sample_next_tokens
 
 if TYPE_CHECKING:
@@ -96,6 +97,9 @@ class _Request:
     versions: list[int] = field(default_factory=list)
     # Tokens whose keys/values are in the cache (prompt + fed sampled tokens); the next position id.
     cached_len: int = 0
+    # Policy version when the prompt was prefilled; the cached keys/values are reusable only if it
+    # still holds when the request finishes (versions only grow).
+    kv_version: int = -1
 
     def completion(self, finish_reason: FinishReason) -> Completion:
         return Completion(list(self.token_ids), list(self.logprobs), finish_reason, list(self.versions))
@@ -128,6 +132,9 @@ class HFEngine(Engine):
         max_prefill_tokens: admission stops when the padded prefill group (rows x longest prompt)
             would exceed this; one request is always admitted.
         seed: seeds the engine's generator used by requests that have no seed of their own.
+        prefix_cache_tokens: keys/values of up to this many tokens of finished requests are kept
+            (ajet.engine.prefix_store) so that a prompt extending one of them, an agent's next turn,
+            prefills only its new tokens. Dropped whenever the policy version changes. 0 disables.
     """
 
     def __init__(
@@ -140,6 +147,7 @@ class HFEngine(Engine):
         *,
         max_prefill_tokens: int = 16384,
         seed: int | None = None,
+        prefix_cache_tokens: int = 16384,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -159,13 +167,22 @@ class HFEngine(Engine):
         self._inbox: deque[_Request] = deque()
         self._running: list[_Request] = []  # row i of self._kv is self._running[i]
         self._kv: PaddedKV | None = None
+        self._prefixes = PrefixStore(prefix_cache_tokens)
         # Guards the inbox, the closed flag, pause counting and the "a step is running" flag.
         self._cond = threading.Condition()
         self._closed = False
         self._pause_requests = 0
         self._in_step = False
         self._thread: threading.Thread | None = None
-        self._stats = {"requests": 0, "generated_tokens": 0, "decode_steps": 0, "prefill_steps": 0, "decode_rows": 0}
+        self._stats = {
+            "requests": 0,
+            "generated_tokens": 0,
+            "decode_steps": 0,
+            "decode_rows": 0,
+            "prefill_steps": 0,
+            "prefill_tokens": 0,  # prompt tokens run through the model
+            "prefix_hit_tokens": 0,  # prompt tokens whose keys/values came from the prefix store
+        }
 
     # ------------------------------------------------------------------ public API
 
@@ -219,11 +236,13 @@ class HFEngine(Engine):
                         )
                     target.copy_(tensor)
             self.policy_version = version
+            self._prefixes.clear()
 
     def set_model(self, model: Any, version: int | None = None) -> None:
         """Generate with `model` from the next step on (in-flight requests continue with it)."""
         with self.pause():
             self._bind(model)
+            self._prefixes.clear()
             if version is not None:
                 self.policy_version = version
 
@@ -254,6 +273,10 @@ class HFEngine(Engine):
             while self._in_step:
                 self._cond.wait()
         return _Paused(self)
+
+    def paused(self) -> _Paused:
+        """Same as pause(), named for `with engine.paused():` (the spelling ajet.backbone.debug uses)."""
+        return self.pause()
 
     def resume(self) -> None:
         """Undo one pause()."""
@@ -385,18 +408,28 @@ class HFEngine(Engine):
         return admitted
 
     def _prefill(self, newcomers: list[_Request]) -> None:
-        """One left-padded forward over the newcomers' prompts; sample their first tokens; join the batch."""
-        longest = max(len(r.prompt_ids) for r in newcomers)
-        pad_id = 0
-        input_ids = torch.full((len(newcomers), longest), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(newcomers), longest), dtype=torch.long)
-        for i, r in enumerate(newcomers):
-            input_ids[i, longest - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, longest - len(r.prompt_ids) :] = 1
-        input_ids, mask = input_ids.to(self._device), mask.to(self._device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        """One forward over the newcomers' prompts; sample their first tokens; join the running batch.
+
+        A prompt that extends a stored sequence (see PrefixStore) feeds only its new tokens, after the
+        stored keys/values. Row i of the group is laid out as [pad, stored past, pad, new tokens]:
+        both parts left-padded to the group's longest, the mask and explicit position ids make the
+        padding invisible.
+        """
         version = self.policy_version
+        hits = [self._prefixes.lookup(r.prompt_ids, version) if self._prefixes.max_tokens else None for r in newcomers]
+        past_lens = [len(h.tokens) if h is not None else 0 for h in hits]
+        suffixes = [r.prompt_ids[p:] for r, p in zip(newcomers, past_lens)]
+        rows, past, longest = len(newcomers), max(past_lens), max(len(x) for x in suffixes)
+        input_ids = torch.zeros((rows, longest), dtype=torch.long)
+        mask = torch.zeros((rows, past + longest), dtype=torch.long)
+        for i, (p, suffix) in enumerate(zip(past_lens, suffixes)):
+            input_ids[i, longest - len(suffix) :] = torch.tensor(suffix)
+            mask[i, past - p : past] = 1
+            mask[i, past + longest - len(suffix) :] = 1
+        input_ids, mask = input_ids.to(self._device), mask.to(self._device)
+        offsets = torch.tensor(past_lens, dtype=torch.long, device=self._device)[:, None]
+        position_ids = offsets + (mask[:, past:].cumsum(-1) - 1).clamp(min=0)
+        cache = self._past_cache(hits, past) if past else DynamicCache()
         out = self._model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -408,11 +441,49 @@ class HFEngine(Engine):
         check_full_attention(cache)
         for r in newcomers:
             r.cached_len = len(r.prompt_ids)
+            r.kv_version = version
         self._stats["prefill_steps"] += 1
+        self._stats["prefill_tokens"] += sum(len(x) for x in suffixes)
+        self._stats["prefix_hit_tokens"] += sum(past_lens)
         first = len(self._running)
         self._kv = merge(self._kv, PaddedKV(cache, mask))
         self._running.extend(newcomers)
         self._sample_and_retire(out.logits[:, -1, :], rows=range(first, first + len(newcomers)), version=version)
+
+    def _past_cache(self, hits: list[PrefixEntry | None], past: int) -> DynamicCache:
+        """A DynamicCache holding each hit's keys/values, left-padded to `past` tokens (zeros elsewhere)."""
+        sample = next(h for h in hits if h is not None)
+        layers = []
+        for layer in range(len(sample.keys)):
+            heads, _, dim = sample.keys[layer].shape
+            shape = (len(hits), heads, past, dim)
+            keys = sample.keys[layer].new_zeros(shape)
+            values = sample.values[layer].new_zeros(shape)
+            for i, h in enumerate(hits):
+                if h is not None:
+                    keys[i, :, past - len(h.tokens) :] = h.keys[layer]
+                    values[i, :, past - len(h.tokens) :] = h.values[layer]
+            layers.append((keys, values))
+        return DynamicCache(ddp_cache_data=layers)
+
+    def _remember_prefix(self, row: int) -> None:
+        """Store a finishing row's cached keys/values (prompt + all sampled tokens but the last, never fed)."""
+        r = self._running[row]
+        if not self._prefixes.max_tokens or r.kv_version != self.policy_version or self._kv is None:
+            return
+        tokens = tuple(r.prompt_ids + r.token_ids[:-1])
+        used = self._kv.attention_mask[row].bool()
+        if int(used.sum()) != len(tokens):  # defensive: never store keys/values we cannot vouch for
+            return
+        layers = self._kv.cache.layers
+        self._prefixes.put(
+            PrefixEntry(
+                tokens=tokens,
+                keys=[layer.keys[row][:, used] for layer in layers],
+                values=[layer.values[row][:, used] for layer in layers],
+                version=r.kv_version,
+            )
+        )
 
     def _decode(self) -> None:
         """One forward of every running row's last sampled token."""
@@ -457,6 +528,7 @@ class HFEngine(Engine):
                 finished[i] = reason
         self._stats["generated_tokens"] += len(requests)
         for i, reason in finished.items():
+            self._remember_prefix(i)
             request = self._running[i]
             if not request.future.done():
                 with contextlib.suppress(concurrent.futures.InvalidStateError):

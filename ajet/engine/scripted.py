@@ -14,15 +14,16 @@ tests check that every logprob lands on the right token position after merging.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Union
+from typing import Any
 
 import torch
 
 from ajet.engine.base import Completion, Engine, SamplingParams
 
-ReplyValue = Union[str, list[int]]
-ReplyFn = Callable[..., Union[ReplyValue, Awaitable[ReplyValue]]]
+ReplyValue = str | list[int]
+ReplyFn = Callable[..., ReplyValue | Awaitable[ReplyValue]]
 
 DEFAULT_STOP_TOKEN = "<|im_end|>"
 

@@ -145,7 +145,7 @@ def build_random_qwen2(name: str, target: Path, models_root: Path) -> None:
         return
     model = init_random_model(config, seed=spec.seed, dtype=getattr(torch, spec.torch_dtype), device="cpu")
     model.save_pretrained(str(target))
-    logger.info("built builtin:%s (%.1fM parameters) at %s", name, model.num_parameters() / 1e6, target)
+    logger.info("built builtin:%s (%.1fM parameters, seed %d)", name, model.num_parameters() / 1e6, spec.seed)
 
 
 def init_random_model(config: Any, seed: int, dtype: Any, device: str = "cpu"):

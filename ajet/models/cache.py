@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -67,6 +70,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
                 if item.is_file():
                     item.chmod(0o644)
             os.rename(tmp, target)
+            logger.info("cached %s", target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

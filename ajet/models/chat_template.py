@@ -66,7 +66,7 @@ def template_renders_tools(tokenizer: Any) -> bool:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": "hi"}], tools=_PROBE_TOOLS, tokenize=False, add_generation_prompt=True
         )
-    except Exception as exc:  # a template that raises on tools cannot be used with tools either
+    except Exception as exc:  # noqa: BLE001 - any template error means it cannot render tools either
         logger.debug("chat template failed to render tools: %s", exc)
         return False
     return _PROBE_TOOL_NAME in text

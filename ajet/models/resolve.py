@@ -78,8 +78,8 @@ def hub_snapshot(repo_id: str, allow_patterns: list[str] | None = None) -> Path:
         raise ModelResolutionError(f"{repo_id!r} is not a local directory and huggingface_hub is missing") from exc
     try:
         return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=True))
-    except Exception:
-        pass  # not cached locally: try the network below
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises several types for "not cached"
+        logger.debug("%s is not in the Hugging Face cache: %s", repo_id, exc)
     if hub_offline():
         raise ModelResolutionError(
             f"{repo_id!r} is not a local directory, not in the Hugging Face cache, and HF_HUB_OFFLINE is set"
@@ -134,7 +134,7 @@ def resolve_dtype(dtype: Any, device: str):
         return dtype
     value = getattr(torch, str(dtype), None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")  # noqa: TRY004
     return value
 
 

@@ -108,7 +108,7 @@ class ProxyServer:
         self.app = self._build_app()
 
     @classmethod
-    def from_config(cls, engine: Engine, tokenizer: Any, config: Any, **kwargs: Any) -> "ProxyServer":
+    def from_config(cls, engine: Engine, tokenizer: Any, config: Any, **kwargs: Any) -> ProxyServer:
         """A proxy with the `ajet.rollout` policies: allow_request_sampling_override, force_disable_toolcalls."""
         rollout = config.rollout
         return cls(
@@ -243,8 +243,8 @@ class ProxyServer:
     async def _complete(self, handle: EpisodeHandle, req: ChatCompletionRequest) -> tuple[list[ChoiceResult], int]:
         tracker, limits = handle.tracker, handle.limits
         n = max(1, req.n or 1)
-        if limits.max_turns is not None and tracker.turns_started >= limits.max_turns:
-            tracker.count("turn_limit_hits")
+        turn = tracker.begin_turn(limits.max_turns)
+        if turn is None:
             return [_empty_length_choice()] * n, 0
 
         messages = normalize_messages(req.messages)
@@ -258,7 +258,6 @@ class ProxyServer:
             tracker.count("prompt_limit_hits")
             return [_empty_length_choice()] * n, prompt_len
 
-        turn = tracker.begin_turn()
         per_choice = [params if n == 1 or params.seed is None else dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
         completions = await asyncio.gather(*(self.engine.generate(list(plan.prompt_ids), p) for p in per_choice))
 

@@ -39,9 +39,15 @@ class EpisodeTracker:
 
     # -- recording (proxy side) ---------------------------------------------------------------
 
-    def begin_turn(self) -> int:
-        """Reserve the next request index (counts requests that reach the engine)."""
+    def begin_turn(self, max_turns: int | None = None) -> int | None:
+        """Reserve the next request index, or return None (counted) when `max_turns` are used up.
+
+        Check and reservation are one step, so concurrent requests of one episode cannot overshoot.
+        """
         with self._lock:
+            if max_turns is not None and self._turns >= max_turns:
+                self._counters["turn_limit_hits"] += 1
+                return None
             turn = self._turns
             self._turns += 1
             return turn

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 class EpisodeLimits:
     """None means unlimited.
 
-    max_turns: model requests per episode; further requests get an empty reply with
-        finish_reason "length" (see ajet.proxy.server) instead of reaching the engine.
+    max_turns: model requests per episode (a request refused for its prompt length counts too);
+        further requests get an empty reply with finish_reason "length" (see ajet.proxy.server)
+        instead of reaching the engine.
     max_prompt_tokens: a request whose prompt is longer gets the same empty "length" reply; in
         samples, a first prompt longer than this is left-truncated and the sample flagged.
     max_response_tokens_per_turn: caps each request's max_tokens.
@@ -27,7 +28,7 @@ class EpisodeLimits:
     max_response_tokens: int | None = None
 
     @classmethod
-    def from_config(cls, config) -> "EpisodeLimits":
+    def from_config(cls, config) -> EpisodeLimits:
         """Limits from the `ajet` config (attribute or dict access): rollout and data sections."""
         rollout = _get(config, "rollout")
         data = _get(config, "data")

@@ -10,8 +10,8 @@ branches' later calls, so no sampled token is ever trained twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ajet.schema import Sample
 from ajet.tracker.call import LLMCall

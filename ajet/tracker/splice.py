@@ -23,8 +23,8 @@ The rule, for a request with normalised messages M:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ajet.tracker.call import LLMCall
 from ajet.tracker.render import ChatRenderer, Message, same_assistant_turn

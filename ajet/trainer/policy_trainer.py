@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,8 @@ from ajet.trainer.checkpoint import (
 )
 from ajet.trainer.logprobs import sequence_logprobs
 from ajet.trainer.lora import apply_lora, merged_base_weights
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,6 +118,15 @@ class PolicyTrainer:
             pack = attn.startswith("flash_attention")
         self.pack = pack
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        low_precision = {str(p.dtype) for p in self.params if p.dtype in (torch.bfloat16, torch.float16)}
+        if low_precision:
+            # AdamW steps of lr ~1e-6 are far below bf16's resolution near typical weights, so they
+            # would round away. fp32 weights + bf16 autocast is the supported setup.
+            logger.warning(
+                "training %s parameters directly: small optimizer updates are lost to rounding; "
+                "load the policy in float32 (the forward still runs in bf16 under autocast on CUDA)",
+                "/".join(sorted(low_precision)),
+            )
         self.optimizer = torch.optim.AdamW(
             self.params,
             lr=float(cfg_get(cfg, "optim.lr", 1e-6)),

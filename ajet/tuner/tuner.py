@@ -11,11 +11,13 @@ into this episode and no other.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 import openai
 from agentscope.model import ChatModelBase, ChatResponse, OpenAIChatModel
+
 
 @dataclass(frozen=True)
 class OaiBaseUrlApiKey:
@@ -30,8 +32,8 @@ class AjetTuner(ChatModelBase):
     """One per episode. Is itself an AgentScope chat model (so `ReActAgent(model=tuner)` works):
     calls are delegated to an `OpenAIChatModel` pointed at the proxy.
 
-    `stream` (AgentScope's flag) defaults to False; ReActAgent flips it temporarily for structured
-    output, so it is forwarded to the delegate on every call.
+    `stream` (AgentScope's flag) defaults to False; when True the reply comes as an async generator
+    with one chunk (see __call__), which is all a ReActAgent needs.
     """
 
     def __init__(self, base_url: str, api_key: str, episode_id: str, *, model_name: str = "ajet", stream: bool = False) -> None:
@@ -40,29 +42,61 @@ class AjetTuner(ChatModelBase):
         self.api_key = api_key
         self.episode_id = episode_id
         self._agentscope_model: OpenAIChatModel | None = None
+        self._clients: list[openai.AsyncOpenAI] = []
 
     def as_oai_baseurl_apikey(self) -> OaiBaseUrlApiKey:
         return OaiBaseUrlApiKey(base_url=self.base_url, api_key=self.api_key)
 
     def as_raw_openai_sdk_client(self, **client_kwargs: Any) -> openai.AsyncOpenAI:
-        """A fresh `openai.AsyncOpenAI` bound to this episode; kwargs go to its constructor."""
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, **client_kwargs)
+        """A fresh `openai.AsyncOpenAI` bound to this episode; kwargs go to its constructor.
+
+        The tuner closes it in `aclose()` (the runner calls that when the episode ends).
+        """
+        client_kwargs.setdefault("http_client", self._http_client())
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, **client_kwargs)
+        self._clients.append(client)
+        return client
 
     def as_agentscope_model(self) -> OpenAIChatModel:
-        """An AgentScope `OpenAIChatModel` bound to this episode (created once, then reused)."""
+        """A non-streaming AgentScope `OpenAIChatModel` bound to this episode (created once, reused)."""
         if self._agentscope_model is None:
             self._agentscope_model = OpenAIChatModel(
                 model_name=self.model_name,
                 api_key=self.api_key,
-                stream=self.stream,
-                client_kwargs={"base_url": self.base_url},
+                stream=False,
+                client_kwargs={"base_url": self.base_url, "http_client": self._http_client()},
             )
         return self._agentscope_model
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> ChatResponse | Any:
-        model = self.as_agentscope_model()
-        model.stream = self.stream
-        return await model(*args, **kwargs)
+    async def __call__(self, *args: Any, **kwargs: Any) -> ChatResponse | AsyncGenerator[ChatResponse, None]:
+        # The delegate never streams: AgentScope 1.0.21's OpenAIChatModel stream parser breaks on
+        # openai>=2's ChoiceDelta (`"data" in delta.audio` with audio=None). With `self.stream` set
+        # (ReActAgent reads it to decide how to consume the result) the whole reply is yielded once.
+        response = await self.as_agentscope_model()(*args, **kwargs)
+        if not self.stream:
+            return response
+        return _single_chunk(response)
+
+    def _http_client(self) -> openai.DefaultAsyncHttpxClient | None:
+        # The proxy speaks plain HTTP on loopback, yet a default client loads the system CA bundle
+        # (~60-90 ms of CPU per client, measured in bench/proxy_overhead.py): once per episode
+        # and form. For an http:// base_url, TLS settings are unused, so skip loading them.
+        if self.base_url.startswith("http://"):
+            return openai.DefaultAsyncHttpxClient(verify=False)
+        return None
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients this tuner created, on the loop that made them."""
+        clients, self._clients = self._clients, []
+        if self._agentscope_model is not None:
+            clients.append(self._agentscope_model.client)
+            self._agentscope_model = None
+        for client in clients:
+            await client.close()
 
     def __repr__(self) -> str:
         return f"AjetTuner(episode_id={self.episode_id!r}, base_url={self.base_url!r})"
+
+
+async def _single_chunk(response: ChatResponse) -> AsyncGenerator[ChatResponse, None]:
+    yield response

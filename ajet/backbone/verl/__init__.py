@@ -7,6 +7,10 @@ ajet's workflows running inside verl's agent loops.
 - launch: `run(cfg, launch_args)`, importable without verl (it explains how to install it)
 """
 
-from ajet.backbone.verl.config_translation import AGENT_LOOP_NAME, VerlConfigError, translate_config
+from ajet.backbone.verl.config_translation import (
+    AGENT_LOOP_NAME,
+    VerlConfigError,
+    translate_config,
+)
 
 __all__ = ["AGENT_LOOP_NAME", "VerlConfigError", "translate_config"]

@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
+from pathlib import Path
 from typing import Any
 
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from verl.experimental.agent_loop.agent_loop import (
+    AgentLoopBase,
+    AgentLoopOutput,
+    register,
+)
 
 from ajet.backbone.verl.batch import pad_token_id, split_sample
 from ajet.backbone.verl.config_translation import AGENT_LOOP_NAME
@@ -39,22 +45,9 @@ logger = logging.getLogger(__name__)
 TASK_KEY = "ajet_task"
 # Where a worker process finds the ajet config when the agent-loop YAML does not name it.
 CONFIG_PATH_ENV = "AJET_CONFIG_PATH"
-
-# Columns every AjetAgentLoop output carries, always all of them: verl concatenates the batches of
-# its workers and needs the same non-tensor keys in each.
-_EXTRA_DEFAULTS: dict[str, Any] = {
-    "turn_scores": [],
-    "tool_rewards": [],
-    "ajet_episode_id": "",
-    "ajet_task_id": "",
-    "ajet_num_samples": 0,
-    "ajet_dropped_samples": 0,
-    "ajet_is_success": False,
-    "ajet_error": "",
-    "ajet_prompt_truncated": False,
-    "ajet_response_truncated": False,
-}
-
+# Set by the launcher for --with-logview: each worker process keeps a page of its latest episodes
+# there (rollout-<pid>.html). Advantages are verl's, computed after the rollout, so pages show none.
+LOGVIEW_DIR_ENV = "AJET_LOGVIEW_DIR"
 
 def task_to_extra_info(task: Task, index: int) -> dict[str, Any]:
     """The `extra_info` of a dataset row: verl's `index` plus the Task as JSON (nested metadata
@@ -104,6 +97,9 @@ class WorkerContext:
         self._runners: dict[tuple[float, float, int], Any] = {}
         self._repeats: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
+        self.logview_dir = os.environ.get(LOGVIEW_DIR_ENV) or None
+        self._recent: deque[EpisodeResult] = deque(maxlen=max(1, cfg.trainer_common.logview_episodes))
+        self._finished = 0
 
     def runner_for(self, sampling_params: dict[str, Any]) -> Any:
         """A runner sampling as verl asks: its training or its validation settings."""
@@ -129,6 +125,25 @@ class WorkerContext:
             index = self._repeats[group_id]
             self._repeats[group_id] += 1
             return index
+
+    async def record(self, result: EpisodeResult) -> Path | None:
+        """Keep `result` for the logview; rewrite this worker's page once per `logview_episodes`
+        finished episodes. Returns the page written, if any."""
+        if self.logview_dir is None:
+            return None
+        with self._lock:
+            self._recent.append(result)
+            self._finished += 1
+            if self._finished % self._recent.maxlen:
+                return None
+            episodes = list(self._recent)
+        from ajet.logging.logview import write_logview
+
+        step = max((v for e in episodes for s in e.samples for v in s.versions), default=None)
+        path = Path(self.logview_dir) / f"rollout-{os.getpid()}.html"
+        return await asyncio.to_thread(
+            write_logview, path, episodes, self.tokenizer, None, step, f"ajet logview (verl worker {os.getpid()})"
+        )
 
     def close(self) -> None:
         for runner in self._runners.values():
@@ -161,7 +176,7 @@ def close_worker_contexts() -> None:
 
 def load_ajet_config(source: Any) -> Any:
     """An AjetConfig from itself, a path to its YAML, or the AJET_CONFIG_PATH environment variable."""
-    from ajet.config import AjetConfig, load_config
+    from ajet.config import AjetConfig
 
     if isinstance(source, AjetConfig):
         return source
@@ -171,6 +186,14 @@ def load_ajet_config(source: Any) -> Any:
             f"AjetAgentLoop needs the ajet config: set `ajet_config_path` in the agent-loop YAML "
             f"or the {CONFIG_PATH_ENV} environment variable"
         )
+    return _config_from_file(str(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _config_from_file(path: str) -> Any:
+    # verl builds an agent loop per trajectory; the run's config file is parsed once per process.
+    from ajet.config import load_config
+
     return load_config(path)
 
 
@@ -189,6 +212,7 @@ class AjetAgentLoop(AgentLoopBase):
         group_id = str(kwargs.get("uid", task.task_id))
         runner = context.runner_for(sampling_params)
         result = await runner.run_episode(task, repeat_index=context.next_repeat_index(group_id))
+        await context.record(result)
         return episode_to_agent_loop_output(
             result,
             self.tokenizer,
@@ -207,8 +231,10 @@ def episode_to_agent_loop_output(
     response_mask 0, so it adds nothing to the loss but keeps its reward (0) in the GRPO group.
     """
     samples = result.samples
-    extra = {
-        **_EXTRA_DEFAULTS,
+    error = result.error or result.judge_error or ""
+    # Every output carries all of these keys: verl concatenates its workers' batches and needs the
+    # same non-tensor columns in each. turn_scores / tool_rewards are verl's own loops' columns.
+    extra: dict[str, Any] = {
         "turn_scores": [],
         "tool_rewards": [],
         "ajet_episode_id": result.episode_id,
@@ -216,7 +242,9 @@ def episode_to_agent_loop_output(
         "ajet_num_samples": len(samples),
         "ajet_dropped_samples": max(0, len(samples) - 1),
         "ajet_is_success": bool(result.is_success),
-        "ajet_error": (result.error or result.judge_error or "").splitlines()[0] if (result.error or result.judge_error) else "",
+        "ajet_error": error.splitlines()[0] if error else "",
+        "ajet_prompt_truncated": False,
+        "ajet_response_truncated": False,
     }
     if samples:
         sample = samples[-1]

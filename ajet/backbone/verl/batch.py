@@ -15,8 +15,9 @@ and `_postprocess`); tests/test_verl_backbone.py checks the two agree token for 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

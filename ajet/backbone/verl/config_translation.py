@@ -16,8 +16,9 @@ Unit conventions verl uses that differ from ajet's (the reason most keys are not
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # The name our agent loop is registered under in verl (see ajet.backbone.verl.agent_loop).
 AGENT_LOOP_NAME = "ajet_agent"

@@ -17,14 +17,16 @@ import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
 logger = logging.getLogger(__name__)
 
 EXIT_MISSING_DEPENDENCIES = 2
+EXIT_NO_GPU = 3
 
 # What `pip install "ajet[verl]"` installs, and what those pin in turn (verl 0.9.1's `vllm` extra:
 # vllm 0.24.0 with torch 2.11.0 and transformers 5.9.0). vLLM needs an NVIDIA GPU with CUDA.
@@ -43,6 +45,26 @@ def install_message(missing: Sequence[str]) -> str:
         f"installs {', '.join(VERL_REQUIREMENTS.values())} (verl 0.9.1's vllm extra pins vllm 0.24.0 with "
         "torch 2.11.0 and transformers 5.9.0; vLLM needs a Linux machine with NVIDIA GPUs and CUDA).\n"
         "Without a GPU, use --backbone=debug: same YAML, workflow and judge, one process."
+    )
+
+
+def gpu_problem(n_gpus_per_node: int, environ: Any = None) -> str | None:
+    """Why this machine cannot host the run, or None. Checked only for a local Ray cluster: verl
+    would otherwise wait forever for GPUs its placement group cannot get. A joined cluster
+    (RAY_ADDRESS) may have its GPUs on other nodes, so it is left to Ray."""
+    from ajet.ray_utils import ray_address_from_env
+
+    if ray_address_from_env(environ) is not None:
+        return None
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found >= n_gpus_per_node:
+        return None
+    return (
+        f"--backbone=verl needs {n_gpus_per_node} NVIDIA GPU(s) on this node "
+        f"(ajet.trainer_common.n_gpus_per_node) and found {found}. Set RAY_ADDRESS to join a GPU "
+        "cluster, lower n_gpus_per_node, or use --backbone=debug on this machine."
     )
 
 
@@ -70,12 +92,16 @@ def write_tasks_parquet(tasks: Sequence[Any], path: str | Path) -> Path:
     return path
 
 
-def prepare_run(cfg: Any, experiment_dir: Path) -> tuple[Any, dict[str, str]]:
+def prepare_run(cfg: Any, experiment_dir: Path, *, with_logview: bool = False) -> tuple[Any, dict[str, str]]:
     """Write the run directory's files; returns (the composed verl config, env vars for workers)."""
     from omegaconf import OmegaConf
 
-    from ajet.backbone.verl.agent_loop import CONFIG_PATH_ENV
-    from ajet.backbone.verl.config_translation import AGENT_LOOP_NAME, compose_verl_config, translate_config
+    from ajet.backbone.verl.agent_loop import CONFIG_PATH_ENV, LOGVIEW_DIR_ENV
+    from ajet.backbone.verl.config_translation import (
+        AGENT_LOOP_NAME,
+        compose_verl_config,
+        translate_config,
+    )
     from ajet.models import resolve_model_path
     from ajet.task_reader import build_task_reader
 
@@ -118,6 +144,8 @@ def prepare_run(cfg: Any, experiment_dir: Path) -> tuple[Any, dict[str, str]]:
         "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p),
         "VERL_FILE_LOGGER_PATH": str(experiment_dir / "metrics.jsonl"),
     }
+    if with_logview:
+        env_vars[LOGVIEW_DIR_ENV] = str(experiment_dir / "logview")
     return verl_config, env_vars
 
 
@@ -127,6 +155,10 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     if missing:
         print(install_message(missing), file=sys.stderr)
         return EXIT_MISSING_DEPENDENCIES
+    problem = gpu_problem(cfg.trainer_common.n_gpus_per_node)
+    if problem:
+        print(problem, file=sys.stderr)
+        return EXIT_NO_GPU
 
     from omegaconf import OmegaConf
     from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
@@ -140,7 +172,9 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     from ajet.ray_utils import ray_session
 
     experiment_dir = resolve_experiment_dir(cfg)
-    verl_config, env_vars = prepare_run(cfg, experiment_dir)
+    verl_config, env_vars = prepare_run(
+        cfg, experiment_dir, with_logview=bool(getattr(launch_args, "with_logview", False))
+    )
     auto_set_device(verl_config)
     validate_config(
         config=verl_config,
