@@ -200,7 +200,8 @@ def main() -> None:
         for method in args.methods:
             extra = {}
             if method == "engine":
-                extra = {k: engine.stats()[k] for k in ("mean_batch_size", "decode_steps", "prefill_steps")}
+                keys = ("mean_batch_size", "decode_steps", "prefill_steps", "prefill_tokens", "prefix_hit_tokens")
+                extra = {k: engine.stats()[k] for k in keys}
             record = {
                 "episodes": n,
                 "method": method,

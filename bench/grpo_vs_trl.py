@@ -101,13 +101,18 @@ class StepRecord:
     # Process CPU seconds (all threads) during the step: less sensitive than wall time to other
     # processes sharing the machine, but it also counts threads that spin while waiting.
     cpu_s: float = 0.0
+    rollout_cpu_s: float = 0.0  # the part of cpu_s spent before the update began
+    # Memory high-water marks (MiB) within the step's two phases: RSS on CPU (model, optimizer state
+    # and everything else resident included), allocated tensors on CUDA.
+    rollout_peak_mb: float = 0.0
+    update_peak_mb: float = 0.0
 
 
 @dataclass
 class SideResult:
     name: str
     steps: list[StepRecord] = field(default_factory=list)
-    peak_memory_mb: float = 0.0  # over the measured steps (RSS high-water on CPU, allocated on CUDA)
+    peak_memory_mb: float = 0.0  # max over the measured steps of both phases' peaks
     process_peak_memory_mb: float = 0.0  # whole child process, setup included
     setup_s: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -148,7 +153,7 @@ def math_reward(response: str | None, solution: str) -> float:
 
 
 def reset_peak_memory(device: str) -> None:
-    """Start a fresh high-water mark, so the peak covers the measured steps only."""
+    """Start a fresh high-water mark, so a peak covers one phase of one step only."""
     import torch
 
     if device.startswith("cuda"):
@@ -253,7 +258,11 @@ def run_trl(settings: BenchSettings, workdir: Path) -> SideResult:
 
         def _generate_and_score_completions(self, inputs):
             with timed("rollout"):
-                return super()._generate_and_score_completions(inputs)
+                out = super()._generate_and_score_completions(inputs)
+            counts["rollout_peak_mb"] = peak_memory_mb(device)
+            counts["rollout_cpu_end"] = time.process_time()
+            reset_peak_memory(device)
+            return out
 
     class StepTimer(TrainerCallback):
         """Whole optimizer-step wall time; TRL generates inside the step (in `_prepare_inputs`)."""
@@ -263,8 +272,7 @@ def run_trl(settings: BenchSettings, workdir: Path) -> SideResult:
             self.index = 0
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if self.index == settings.warmup_steps:
-                reset_peak_memory(device)
+            reset_peak_memory(device)
             phases.clear()
             counts.clear()
             _sync(device)
@@ -288,6 +296,9 @@ def run_trl(settings: BenchSettings, workdir: Path) -> SideResult:
                         prompt_tokens=int(counts.get("prompt_tokens", 0)),
                         reward_mean=counts.get("reward_sum", 0.0) / max(counts.get("reward_n", 1.0), 1.0),
                         cpu_s=cpu_s,
+                        rollout_cpu_s=counts.get("rollout_cpu_end", self.cpu0) - self.cpu0,
+                        rollout_peak_mb=counts.get("rollout_peak_mb", 0.0),
+                        update_peak_mb=peak_memory_mb(device),
                     )
                 )
             self.index += 1
@@ -336,7 +347,7 @@ def run_trl(settings: BenchSettings, workdir: Path) -> SideResult:
     )
     result.setup_s = time.perf_counter() - t_setup
     trainer.train()
-    result.peak_memory_mb = peak_memory_mb(device)
+    result.peak_memory_mb = max((max(s.rollout_peak_mb, s.update_peak_mb) for s in result.steps), default=0.0)
     result.process_peak_memory_mb = process_peak_memory_mb(device)
     result.notes.append(f"trl {_version('trl')}: generation = GRPOTrainer._generate (one padded model.generate)")
     del trainer, model
@@ -430,17 +441,30 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
     cfg = load_config(config_path, [])
 
     class MeasuredLoop(TrainingLoop):
-        """Resets the memory high-water mark when the first measured step starts; adds CPU time."""
+        """Adds the step's CPU time and the memory peaks of its rollout and update phases."""
 
         async def step(self, step: int) -> dict[str, float]:
-            if step == settings.warmup_steps:
-                reset_peak_memory(device)
             if step == 0:
                 result.setup_s = time.perf_counter() - t_setup
-            cpu0 = time.process_time()
+                self.trainer.train_step = self._measured_train_step(self.trainer.train_step)
+            reset_peak_memory(device)
+            cpu0 = self._step_cpu0 = time.process_time()
             metrics = await super().step(step)
             metrics["bench/cpu_s"] = time.process_time() - cpu0
+            metrics["bench/rollout_cpu_s"] = self._rollout_cpu_s
+            metrics["bench/update_peak_mb"] = peak_memory_mb(device)
+            metrics.setdefault("bench/rollout_peak_mb", self._rollout_peak_mb)
             return metrics
+
+        def _measured_train_step(self, train_step):
+            def measured(*args, **kwargs):
+                # The rollout phase ends where the update begins: close its peak, open the update's.
+                self._rollout_peak_mb = peak_memory_mb(device)
+                self._rollout_cpu_s = time.process_time() - self._step_cpu0
+                reset_peak_memory(device)
+                return train_step(*args, **kwargs)
+
+            return measured
 
         def _save(self, step: int) -> None:
             # The loop's end-of-run checkpoint (weights + AdamW state) is not part of a GRPO step and
@@ -448,8 +472,8 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
             return None
 
     loop = MeasuredLoop(cfg, workdir / "ajet_run")
+    loop._rollout_peak_mb = loop._rollout_cpu_s = 0.0
     asyncio.run(loop.run())
-    result.peak_memory_mb = peak_memory_mb(device)
     result.process_peak_memory_mb = process_peak_memory_mb(device)
     for metrics in loop.history[settings.warmup_steps :]:
         rollout, judge = metrics["timing/rollout_s"], metrics.get("timing/judge_s_sum", 0.0)
@@ -469,8 +493,12 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
                 prompt_tokens=int(round(total - completion)),
                 reward_mean=metrics.get("rollout/reward_mean", 0.0),
                 cpu_s=metrics["bench/cpu_s"],
+                rollout_cpu_s=metrics["bench/rollout_cpu_s"],
+                rollout_peak_mb=metrics["bench/rollout_peak_mb"],
+                update_peak_mb=metrics["bench/update_peak_mb"],
             )
         )
+    result.peak_memory_mb = max((max(s.rollout_peak_mb, s.update_peak_mb) for s in result.steps), default=0.0)
     result.notes.append("generation = timing/rollout_s - timing/judge_s_sum (proxy + hf engine + tracker)")
     return result
 
@@ -479,8 +507,12 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
 
 
 FIGURES = (
-    "step_s", "rollout_s", "generation_s", "judge_s", "update_s", "gen_tokens_per_s", "step_tokens_per_s", "cpu_s",
+    "step_s", "rollout_s", "generation_s", "judge_s", "update_s", "gen_tokens_per_s", "step_tokens_per_s",
+    "cpu_s", "rollout_cpu_s", "update_cpu_s",
 )
+
+
+MEMORY_FIGURES = ("peak_memory_mb", "rollout_peak_mb", "update_peak_mb")
 
 
 def side_figures(side: SideResult) -> dict[str, dict[str, float]]:
@@ -495,18 +527,22 @@ def side_figures(side: SideResult) -> dict[str, dict[str, float]]:
         per_step["gen_tokens_per_s"].append(s.completion_tokens / s.generation_s if s.generation_s > 0 else 0.0)
         per_step["step_tokens_per_s"].append(s.completion_tokens / s.step_s if s.step_s > 0 else 0.0)
         per_step["cpu_s"].append(s.cpu_s)
+        per_step["rollout_cpu_s"].append(s.rollout_cpu_s)
+        per_step["update_cpu_s"].append(s.cpu_s - s.rollout_cpu_s)
     figures = {name: summarize(values) for name, values in per_step.items()}
     figures["completion_tokens"] = summarize([float(s.completion_tokens) for s in side.steps])
     figures["prompt_tokens"] = summarize([float(s.prompt_tokens) for s in side.steps])
     figures["reward_mean"] = summarize([s.reward_mean for s in side.steps])
-    figures["peak_memory_mb"] = summarize([side.peak_memory_mb])
+    figures["peak_memory_mb"] = summarize([max(s.rollout_peak_mb, s.update_peak_mb) for s in side.steps])
+    figures["rollout_peak_mb"] = summarize([s.rollout_peak_mb for s in side.steps])
+    figures["update_peak_mb"] = summarize([s.update_peak_mb for s in side.steps])
     return figures
 
 
 def ratios(ajet: dict[str, dict[str, float]], trl: dict[str, dict[str, float]]) -> dict[str, float]:
     """ajet/TRL on medians, for every figure both sides have."""
     out = {}
-    for name in (*FIGURES, "peak_memory_mb"):
+    for name in (*FIGURES, *MEMORY_FIGURES):
         a, t = ajet[name]["median"], trl[name]["median"]
         out[name] = a / t if t else float("nan")
     return out
@@ -535,7 +571,7 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-TABLE_ROWS = (*FIGURES, "peak_memory_mb", "completion_tokens", "prompt_tokens", "reward_mean")
+TABLE_ROWS = (*FIGURES, *MEMORY_FIGURES, "completion_tokens", "prompt_tokens", "reward_mean")
 
 
 def report_rows(report: dict[str, Any]) -> list[list[str]]:

@@ -25,7 +25,8 @@ def bench():
 
 def _step(bench, **kw):
     values = dict(step_s=10.0, rollout_s=4.0, generation_s=3.5, judge_s=0.5, update_s=6.0,
-                  completion_tokens=64, prompt_tokens=200, reward_mean=0.0, cpu_s=12.0)
+                  completion_tokens=64, prompt_tokens=200, reward_mean=0.0, cpu_s=12.0,
+                  rollout_cpu_s=5.0, rollout_peak_mb=300.0, update_peak_mb=400.0)
     values.update(kw)
     return bench.StepRecord(**values)
 
@@ -53,7 +54,8 @@ def test_rounds_alternate_order_and_pool_steps(bench):
 def test_side_figures_and_ratios_use_per_step_values(bench):
     trl = bench.SideResult("trl", steps=[_step(bench, step_s=10.0), _step(bench, step_s=20.0), _step(bench, step_s=30.0)],
                            peak_memory_mb=1000.0)
-    ajet = bench.SideResult("ajet", steps=[_step(bench, step_s=5.0, generation_s=1.75)] * 3, peak_memory_mb=500.0)
+    ajet = bench.SideResult("ajet", steps=[_step(bench, step_s=5.0, generation_s=1.75, rollout_peak_mb=200.0,
+                                                 update_peak_mb=150.0)] * 3)
     t, a = bench.side_figures(trl), bench.side_figures(ajet)
     assert t["step_s"] == {"min": 10.0, "median": 20.0, "max": 30.0, "n": 3}
     # tokens/s are computed per step, then spread: 64 tokens / 10, 20, 30 s
@@ -62,7 +64,11 @@ def test_side_figures_and_ratios_use_per_step_values(bench):
     r = bench.ratios(a, t)
     assert r["step_s"] == pytest.approx(5.0 / 20.0)
     assert r["gen_tokens_per_s"] == pytest.approx((64 / 1.75) / (64 / 3.5))
+    # the step's peak is the larger of its two phases' peaks: 200 (rollout) for ajet, 400 (update) for TRL
+    assert a["peak_memory_mb"]["median"] == 200.0 and t["peak_memory_mb"]["median"] == 400.0
     assert r["peak_memory_mb"] == pytest.approx(0.5)
+    assert r["update_peak_mb"] == pytest.approx(150.0 / 400.0)
+    assert t["update_cpu_s"]["median"] == pytest.approx(12.0 - 5.0)
 
 
 def test_math_reward_uses_the_gsm8k_reference(bench):
@@ -113,7 +119,7 @@ def test_gpu_preset_is_the_issue_reference_shape(bench):
 def test_one_tiny_step_each_side_gives_a_complete_report(bench, tmp_path, gsm8k_dir):
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     settings = bench.BenchSettings(
         model="builtin:tiny-qwen2-random", prompts_per_step=1, group_size=2, max_new_tokens=4,
         warmup_steps=0, steps=1, dataset=str(gsm8k_dir / "train.jsonl"),
@@ -127,7 +133,7 @@ def test_one_tiny_step_each_side_gives_a_complete_report(bench, tmp_path, gsm8k_
 
     assert report["errors"] == {}
     assert report["settings"]["group_size"] == 2
-    assert {"date", "device", "versions", "torch_threads"} <= set(report["environment"])
+    assert {"date_utc", "device", "versions", "torch_threads", "load_average"} <= set(report["environment"])
     for side in ("trl", "ajet"):
         figures = report["sides"][side]["figures"]
         assert set(bench.FIGURES) <= set(figures)
@@ -137,9 +143,12 @@ def test_one_tiny_step_each_side_gives_a_complete_report(bench, tmp_path, gsm8k_
         assert 2 <= step["completion_tokens"] <= 8
         assert step["update_s"] > 0 and step["generation_s"] > 0
         assert step["step_s"] >= step["rollout_s"] >= step["generation_s"]
-        assert figures["peak_memory_mb"]["median"] > 0
+        # RSS/allocated peaks include the resident model, so both phases have a positive peak
+        assert step["rollout_peak_mb"] > 0 and step["update_peak_mb"] > 0
+        assert 0 < step["rollout_cpu_s"] < step["cpu_s"]
+        assert figures["peak_memory_mb"]["median"] == max(step["rollout_peak_mb"], step["update_peak_mb"])
     # Same prompts, same chat template, same tokenizer: both sides must see identical prompt tokens.
     assert report["sides"]["trl"]["steps"][0]["prompt_tokens"] == report["sides"]["ajet"]["steps"][0]["prompt_tokens"]
-    assert set(report["ratio_ajet_over_trl"]) == {*bench.FIGURES, "peak_memory_mb"}
+    assert set(report["ratio_ajet_over_trl"]) == {*bench.FIGURES, *bench.MEMORY_FIGURES}
     rows = bench.report_rows(report)
     assert [r[0] for r in rows] == list(bench.TABLE_ROWS) and all(len(r) == 4 for r in rows)

@@ -17,7 +17,7 @@ import yaml
 
 from ajet.testing.charset_task import build_char_model, write_prompts
 
-STEPS = 40
+STEPS = 20
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _config(tmp_path: Path, model_dir: Path, *, max_staleness: int):
                 "save_freq": 0,
                 "logger": ["jsonl"],
                 "micro_batch_size": 32,
-                "optim": {"lr": 3.0e-3, "weight_decay": 0.0, "grad_clip": 1.0},
+                "optim": {"lr": 6.0e-3, "weight_decay": 0.0, "grad_clip": 1.0},
                 "async": {"max_staleness": max_staleness},
             },
         }

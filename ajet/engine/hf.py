@@ -7,7 +7,9 @@ Callers on any thread's event loop submit requests; the worker thread runs one s
 admit waiting requests (prefill them together, sample their first token, merge their KV cache into
 the running batch), then one decode forward for every running row, then retire finished rows. A
 request that arrives while others are decoding joins at the next step, which is what multi-turn
-agents need: their calls arrive at different times.
+agents need: their calls arrive at different times. A finished request's keys/values stay in a small
+prefix store, so the same agent's next call (previous prompt + reply + new messages) prefills only
+its new tokens.
 
 Why not transformers' `generation.continuous_batching` (5.10): its per-request temperature/top-k/
 top-p are opt-in, but greedy vs sampling is one batch-wide flag and all requests share one random

@@ -80,6 +80,7 @@ class GroupProducer:
         self._finished: asyncio.Queue[EpisodeGroup] = asyncio.Queue()
         self._in_flight: set[asyncio.Task] = set()
         self._launched = 0
+        self._taken = 0  # groups handed to the trainer
         self._dropped_total = 0
         self._steps_done = 0
         self._start_position = stream.position
@@ -104,6 +105,7 @@ class GroupProducer:
                 self._fill()  # the dropped slot goes back to the budget
                 continue
             result.groups.append(group)
+            self._taken += 1
         return result
 
     def step_done(self) -> None:
@@ -113,8 +115,8 @@ class GroupProducer:
 
     @property
     def pending(self) -> int:
-        """Groups launched but not yet taken (in flight or finished and waiting)."""
-        return len(self._in_flight) + self._finished.qsize()
+        """Groups launched but neither taken nor dropped (in flight, or finished and waiting)."""
+        return self._launched - self._taken - self._dropped_total
 
     @property
     def consumed_position(self) -> int:

@@ -174,6 +174,7 @@ class RolloutRunner:
             max_prompt_tokens=s.max_prompt_tokens,
             max_response_tokens_per_turn=s.max_tokens_per_turn,
             max_total_tokens=s.max_total_tokens,
+            max_response_tokens=s.max_response_tokens,
         )
         handle = self.proxy.open_episode(episode_id, s.sampling(validation), limits, task_id=task.task_id)
         tuner = AjetTuner(self.proxy.base_url, handle.api_key, episode_id)

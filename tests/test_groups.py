@@ -1,0 +1,161 @@
+"""The rollout/training boundary: task order, the staleness budget, dropping stale groups, versions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from ajet.backbone.batch import build_training_batch
+from ajet.rollout.groups import EpisodeGroup, GroupProducer
+from ajet.rollout.task_stream import TaskStream
+from ajet.schema import EpisodeResult, Sample, Task
+
+
+def _tasks(n: int) -> list[Task]:
+    return [Task(main_query=f"q{i}", task_id=f"t{i}") for i in range(n)]
+
+
+def _episode(task: Task, reward: float, version: int, repeat: int = 0) -> EpisodeResult:
+    sample = Sample(
+        input_ids=[1, 2, 3, 4],
+        loss_mask=[0, 0, 1, 1],
+        rollout_logprobs=[0.0, 0.0, -0.5, -0.7],
+        token_versions=[-1, -1, version, version],
+        task_id=task.task_id,
+        episode_id=f"{task.task_id}-{repeat}",
+        reward=reward,
+    )
+    return EpisodeResult(task=task, episode_id=sample.episode_id, repeat_index=repeat, samples=[sample], reward=reward, is_success=reward > 0)
+
+
+# -- TaskStream -------------------------------------------------------------------------------
+
+
+def test_task_stream_is_reproducible_and_resumable():
+    tasks = _tasks(5)
+    full = TaskStream(tasks, seed=7).take(12)
+    resumed = TaskStream(tasks, seed=7, position=7).take(5)
+    assert [t.task_id for t in resumed] == [t.task_id for t in full[7:]]
+    # every epoch is a permutation of all tasks, and epochs differ from each other
+    first, second = full[:5], full[5:10]
+    assert sorted(t.task_id for t in first) == sorted(t.task_id for t in tasks)
+    assert [t.task_id for t in first] != [t.task_id for t in second]
+
+
+def test_task_stream_without_shuffle_keeps_source_order():
+    stream = TaskStream(_tasks(3), shuffle=False)
+    assert [t.task_id for t in stream.take(4)] == ["t0", "t1", "t2", "t0"]
+
+
+# -- GroupProducer ----------------------------------------------------------------------------
+
+
+class _FakeRollouts:
+    """Groups finish when the test says so; each carries the version it was told to stamp."""
+
+    def __init__(self) -> None:
+        self.launched: list[int] = []
+        self.version = 0
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, task: Task, index: int) -> list[EpisodeResult]:
+        self.launched.append(index)
+        version = self.version
+        await self.release.wait()
+        return [_episode(task, float(i), version, i) for i in range(2)]
+
+
+async def test_synchronous_budget_launches_only_the_current_step():
+    rollouts = _FakeRollouts()
+    producer = GroupProducer(rollouts, TaskStream(_tasks(10), shuffle=False), batch_size=3, max_staleness=0)
+    taken = await producer.take()
+    assert len(taken.groups) == 3
+    await asyncio.sleep(0)
+    assert rollouts.launched == [0, 1, 2], "nothing for the next step may start before the update"
+    producer.step_done()
+    await asyncio.sleep(0)
+    assert rollouts.launched == [0, 1, 2, 3, 4, 5]
+    await producer.close()
+
+
+async def test_async_budget_runs_ahead_by_max_staleness_steps():
+    rollouts = _FakeRollouts()
+    producer = GroupProducer(rollouts, TaskStream(_tasks(20), shuffle=False), batch_size=2, max_staleness=2)
+    await producer.take()
+    await asyncio.sleep(0)
+    assert len(rollouts.launched) == (0 + 1 + 2) * 2
+    await producer.close()
+
+
+async def test_stale_group_is_dropped_counted_and_replaced():
+    rollouts = _FakeRollouts()
+    version = {"now": 0}
+    producer = GroupProducer(
+        rollouts, TaskStream(_tasks(10), shuffle=False), batch_size=2, max_staleness=1,
+        current_version=lambda: version["now"],
+    )
+    # First batch: sampled at version 0, trainer still at 0 -> fresh.
+    first = await producer.take()
+    assert [g.launch_index for g in first.groups] == [0, 1] and not first.dropped
+    # Groups 2 and 3 were launched ahead (budget 2 steps) and sampled at version 0. The trainer
+    # now jumps to version 3 (as if two updates landed meanwhile): they are 3 > 1 versions old.
+    rollouts.version = 3
+    version["now"] = 3
+    producer.step_done()
+    second = await producer.take()
+    assert {g.launch_index for g in second.dropped} == {2, 3}
+    assert producer.dropped_total == 2
+    assert all(g.oldest_version == 3 for g in second.groups), "replacements are sampled by the new policy"
+    assert second.staleness[3] == 2 and second.staleness[0] == 2
+    await producer.close()
+
+
+async def test_close_returns_finished_untrained_groups():
+    rollouts = _FakeRollouts()
+    producer = GroupProducer(rollouts, TaskStream(_tasks(10), shuffle=False), batch_size=1, max_staleness=2)
+    await producer.take()
+    await asyncio.sleep(0.01)  # the two groups launched ahead finish but are never taken
+    leftover = await producer.close()
+    assert len(leftover) == 2
+
+
+async def test_consumed_position_excludes_pending_groups():
+    rollouts = _FakeRollouts()
+    stream = TaskStream(_tasks(10), shuffle=False, position=4)
+    producer = GroupProducer(rollouts, stream, batch_size=2, max_staleness=0)
+    await producer.take()
+    producer.step_done()  # launches the next step's 2 groups, still pending
+    assert producer.consumed_position == 4 + 2
+    await producer.close()
+
+
+def test_group_versions_report_spanning_episodes():
+    task = Task(main_query="q", task_id="t")
+    episode = _episode(task, 1.0, 4)
+    episode.samples[0].token_versions = [-1, -1, 4, 5]
+    group = EpisodeGroup(task=task, episodes=[episode], launch_index=0, launch_version=4)
+    assert group.oldest_version == 4
+    assert group.spans_versions
+    assert episode.samples[0].versions == [4, 5]
+
+
+# -- advantages -------------------------------------------------------------------------------
+
+
+def test_training_batch_normalises_within_each_group_and_skips_untrainable_samples():
+    a, b = Task(main_query="a", task_id="a"), Task(main_query="b", task_id="b")
+    group_a = EpisodeGroup(a, [_episode(a, 1.0, 0, 0), _episode(a, 0.0, 0, 1)], launch_index=0, launch_version=0)
+    group_b = EpisodeGroup(b, [_episode(b, 5.0, 0, 0), _episode(b, 5.0, 0, 1)], launch_index=1, launch_version=0)
+    empty = _episode(b, 5.0, 0, 2)
+    empty.samples[0].loss_mask = [0, 0, 0, 0]
+    group_b.episodes.append(empty)
+    batch = build_training_batch([group_a, group_b])
+    adv = torch.tensor(batch.advantages)
+    assert len(batch.samples) == 4, "a sample with no sampled tokens is not trained"
+    assert adv[0] > 0 > adv[1] and adv[0] == pytest.approx(-adv[1])
+    assert adv[2:].abs().max() == 0, "equal rewards in a group carry no signal"
+    flipped = build_training_batch([group_a], advantage_sign=-1.0)
+    assert flipped.advantages == pytest.approx([-a for a in batch.advantages[:2]])

@@ -1,0 +1,170 @@
+"""RolloutRunner: episodes through the real proxy; failures become recorded zero rewards."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from ajet import Workflow, WorkflowOutput
+from ajet.engine.scripted import ScriptedEngine
+from ajet.judge.base import BaseJudge
+from ajet.proxy import ProxyServer
+from ajet.rollout import RolloutRunner, RolloutSettings
+from ajet.schema import Task
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from ajet.models import load_tokenizer
+
+    return load_tokenizer("builtin:tiny-qwen2-random")
+
+
+@pytest.fixture
+def stack(tokenizer):
+    engine = ScriptedEngine(tokenizer, lambda prompt: "The answer is 42.")
+    proxy = ProxyServer(engine, tokenizer)
+    proxy.start()
+    yield engine, proxy
+    proxy.stop()
+
+
+class AskOnce(Workflow):
+    async def execute(self, workflow_task, tuner):
+        client = tuner.as_raw_openai_sdk_client()
+        reply = await client.chat.completions.create(model="m", messages=workflow_task.task.init_messages)
+        return WorkflowOutput(reward=None, metadata={"final_answer": reply.choices[0].message.content})
+
+
+class Raises(Workflow):
+    async def execute(self, workflow_task, tuner):
+        await AskOnce().execute(workflow_task, tuner)  # a model call is recorded before the failure
+        raise RuntimeError("tool exploded")
+
+
+class Sleeps(Workflow):
+    async def execute(self, workflow_task, tuner):
+        await asyncio.sleep(30)
+
+
+class BlocksSynchronously(Workflow):
+    """User code that blocks its thread (like the seed's `requests.post`) must not stall others."""
+
+    lock = threading.Lock()
+    running = 0
+    most_at_once = 0
+
+    async def execute(self, workflow_task, tuner):
+        cls = type(self)
+        with cls.lock:
+            cls.running += 1
+            cls.most_at_once = max(cls.most_at_once, cls.running)
+        time.sleep(0.3)
+        with cls.lock:
+            cls.running -= 1
+        return WorkflowOutput(reward=1.0, is_success=True)
+
+
+class ContainsJudge(BaseJudge):
+    def compute_reward(self, workflow_task, workflow_output):
+        ok = workflow_task.task.metadata["reference_answer"] in workflow_output.metadata["final_answer"]
+        return float(ok), ok
+
+
+class AsyncJudge(BaseJudge):
+    async def compute_reward(self, workflow_task, workflow_output):
+        await asyncio.sleep(0)
+        return 0.25, False
+
+
+class BrokenJudge(BaseJudge):
+    def compute_reward(self, workflow_task, workflow_output):
+        raise KeyError("reference_answer")
+
+
+def _settings(**kw) -> RolloutSettings:
+    return RolloutSettings(**{"max_concurrency": 8, "episode_timeout": 5.0, **kw})
+
+
+TASK = Task(main_query="What is 6*7?", task_id="t0", metadata={"reference_answer": "42"})
+
+
+async def test_episode_is_judged_and_its_tokens_are_exact(stack):
+    engine, proxy = stack
+    engine.policy_version = 3
+    runner = RolloutRunner(AskOnce, ContainsJudge(), proxy, settings=_settings())
+    result = await runner.run_episode(TASK)
+    assert result.error is None and result.judge_error is None
+    assert result.reward == 1.0 and result.is_success
+    (sample,) = result.samples
+    sampled = [t for t, m in zip(sample.input_ids, sample.loss_mask) if m]
+    assert sampled == engine.requests[-1].completion.token_ids
+    assert sample.reward == 1.0 and sample.task_id == "t0"
+    assert {v for v, m in zip(sample.token_versions, sample.loss_mask) if m} == {3}
+    assert result.output.metadata["episode_stats"]["turns"] == 1
+    runner.close()
+
+
+async def test_async_judge_and_workflow_reward_bypass(stack):
+    _, proxy = stack
+    runner = RolloutRunner(AskOnce, AsyncJudge(), proxy, settings=_settings())
+    assert (await runner.run_episode(TASK)).reward == 0.25
+    runner = RolloutRunner(BlocksSynchronously, BrokenJudge(), proxy, settings=_settings())
+    result = await runner.run_episode(TASK)
+    assert result.reward == 1.0 and result.judge_error is None, "a workflow's own reward skips the judge"
+    runner.close()
+
+
+async def test_raising_workflow_gives_recorded_zero_reward_sample(stack):
+    _, proxy = stack
+    runner = RolloutRunner(Raises, ContainsJudge(), proxy, settings=_settings())
+    result = await runner.run_episode(TASK)
+    assert result.reward == 0.0 and not result.is_success
+    assert "RuntimeError: tool exploded" in result.error
+    assert len(result.samples) == 1 and result.samples[0].reward == 0.0
+    assert result.samples[0].metadata["error"].startswith("RuntimeError")
+    runner.close()
+
+
+async def test_judge_failure_and_timeout_are_zero_reward(stack):
+    _, proxy = stack
+    runner = RolloutRunner(AskOnce, BrokenJudge(), proxy, settings=_settings())
+    result = await runner.run_episode(TASK)
+    assert result.reward == 0.0 and "KeyError" in result.judge_error
+    runner = RolloutRunner(Sleeps, ContainsJudge(), proxy, settings=_settings(episode_timeout=0.3))
+    result = await runner.run_episode(TASK)
+    assert result.reward == 0.0 and result.error.startswith("timeout")
+    runner.close()
+
+
+async def test_batch_runs_blocking_episodes_concurrently_and_in_order(stack):
+    _, proxy = stack
+    BlocksSynchronously.most_at_once = 0
+    runner = RolloutRunner(BlocksSynchronously, None, proxy, settings=_settings(max_concurrency=4))
+    tasks = [Task(main_query=f"q{i}", task_id=f"t{i}") for i in range(2)]
+    results = await runner.run_batch(tasks, num_repeat=4)
+    assert [(r.task_id, r.repeat_index) for r in results] == [(f"t{i}", j) for i in range(2) for j in range(4)]
+    # Each episode blocks its thread in time.sleep: on a shared event loop they would run one by one.
+    assert BlocksSynchronously.most_at_once > 1, "blocking episodes were serialised"
+    assert BlocksSynchronously.most_at_once <= 4, "rollout.max_env_worker bounds concurrency"
+    runner.close()
+
+
+async def test_reward_list_is_assigned_per_sample(stack, tokenizer):
+    _, proxy = stack
+
+    class TwoConversations(Workflow):
+        async def execute(self, workflow_task, tuner):
+            client = tuner.as_raw_openai_sdk_client()
+            for query in ("first", "second, unrelated"):
+                await client.chat.completions.create(model="m", messages=[{"role": "user", "content": query}])
+            return WorkflowOutput(reward=[0.1, 0.9])
+
+    runner = RolloutRunner(TwoConversations, None, proxy, settings=_settings())
+    result = await runner.run_episode(TASK)
+    assert [s.reward for s in result.samples] == [0.1, 0.9]
+    assert result.reward == 0.9
+    runner.close()
