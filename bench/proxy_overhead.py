@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out-dir", type=Path, default=None, help="where the JSON goes (default bench/results)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -158,7 +159,7 @@ def main() -> None:
         ["engine", "conc", "direct s", "proxy s", "calls", "direct ms/call", "proxy ms/call", "added ms/call", "share", "same"],
         rows,
     )
-    path = write_results("proxy_overhead", {"env": environment(), "args": vars(args), "results": results})
+    path = write_results("proxy_overhead", {"env": environment(), "args": vars(args), "results": results}, args.out_dir)
     print(f"wrote {path}")
 
 

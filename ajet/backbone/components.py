@@ -36,8 +36,12 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pick_dtype(name: str, device: str) -> torch.dtype:
+def pick_dtype(name: str, device: str, *, for_training: bool) -> torch.dtype:
+    """`auto`: the trained weights stay fp32 (AdamW steps of ~1e-6 round away in bf16; the trainer
+    autocasts to bf16 on GPU); an inference-only copy is bf16 on a GPU that supports it."""
     if name == "auto":
+        if for_training:
+            return torch.float32
         return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
@@ -69,14 +73,14 @@ def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False) -> R
     from ajet.rollout import RolloutRunner
 
     device = pick_device()
-    dtype = pick_dtype(cfg.model.dtype, device)
     tokenizer = load_tokenizer(cfg.model.path)
     template = ensure_tool_template(tokenizer, mode=cfg.model.chat_template)
     logger.info("chat template: %s", template)
-    policy = load_model(cfg.model.path, dtype=dtype, device=device)
+    policy = load_model(cfg.model.path, dtype=pick_dtype(cfg.model.dtype, device, for_training=True), device=device)
     engine_model = policy
     if separate_engine_weights:
-        engine_model = copy.deepcopy(policy).eval()
+        engine_dtype = pick_dtype(cfg.model.dtype, device, for_training=False)
+        engine_model = copy.deepcopy(policy).to(engine_dtype).eval()
         engine_model.requires_grad_(False)
     engine = build_engine(
         cfg.rollout.engine,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -61,7 +62,10 @@ async def run_evaluation(cfg: Any, run_dir: Path, *, with_logview: bool = False)
     report_path = run_dir / "eval.json"
     write_eval_report(report_path, metrics, episodes, {"model": cfg.model.path, "tasks": len(tasks), "workflow": cfg.rollout.user_workflow})
     if with_logview:
-        _write_logview(run_dir / "logview" / "eval.html", episodes, stack.tokenizer, None, step=0, title="evaluation")
+        _write_logview(
+            run_dir / "logview" / "eval.html", episodes, stack.tokenizer, None, step=0, title="evaluation",
+            max_episodes=cfg.trainer_common.logview_episodes,
+        )
     _print_table("evaluation", metrics)
     print(f"wrote {report_path}")
     return 0
@@ -165,17 +169,18 @@ class TrainingLoop:
 
         t1 = time.perf_counter()
         train_metrics: dict[str, float] = {}
-        if batch.samples:
-            with self._engine_paused():
+        new_version = step + 1
+        with self._engine_paused():
+            if batch.samples:
                 train_metrics = await asyncio.to_thread(
                     self.trainer.train_step, batch.samples, batch.advantages, self.cfg.rollout.temperature
                 )
-        else:
-            logger.warning("step %d: no trainable tokens in the batch (all episodes failed before sampling?)", step)
-        new_version = step + 1
-        if stack.shares_weights:
-            stack.engine.policy_version = new_version
-        else:
+            else:
+                logger.warning("step %d: no trainable tokens in the batch (all episodes failed before sampling?)", step)
+            if stack.shares_weights:
+                # Inside the pause: a request admitted after it already reads the new weights.
+                stack.engine.policy_version = new_version
+        if not stack.shares_weights:
             stack.engine.update_weights(self.trainer.engine_weights(), new_version)
         t_train = time.perf_counter() - t1
         self.producer.step_done()
@@ -200,11 +205,12 @@ class TrainingLoop:
         )
         for staleness, count in taken.staleness.items():
             metrics[f"async/staleness_hist/{staleness}"] = float(count)
+        _append_rollout_log(self.run_dir / "rollouts" / f"step_{step + 1:05d}.jsonl", episodes, taken.dropped)
         if self.with_logview:
             advantages = {id(s): a for s, a in zip(batch.samples, batch.advantages)}
             _write_logview(
                 self.run_dir / "logview" / f"step_{step + 1:05d}.html", episodes, stack.tokenizer, advantages,
-                step=step + 1, title=f"{self.cfg.experiment_name} step {step + 1}",
+                step=step + 1, title=f"{self.cfg.experiment_name} step {step + 1}", max_episodes=tc.logview_episodes,
             )
         return metrics
 
@@ -248,13 +254,41 @@ class TrainingLoop:
             yield
 
 
-def _write_logview(path: Path, episodes: list, tokenizer: Any, advantages: dict | None, *, step: int, title: str) -> None:
+def _write_logview(
+    path: Path, episodes: list, tokenizer: Any, advantages: dict | None, *, step: int, title: str, max_episodes: int | None
+) -> None:
     from ajet.logging import write_logview
 
     try:
-        write_logview(path, episodes, tokenizer, advantages, step=step, title=title)
+        write_logview(path, episodes, tokenizer, advantages, step=step, title=title, max_episodes=max_episodes)
     except Exception:  # noqa: BLE001 - a visualisation failure must never stop training
         logger.exception("writing the logview page %s failed", path)
+
+
+def _append_rollout_log(path: Path, episodes: list, dropped_groups: list) -> None:
+    """One JSON line per episode of the step (and per dropped one): what ran, what it scored, what failed.
+
+    Written before the update, so a crash in training still leaves the step's rollouts on disk.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dropped = [(e, True) for g in dropped_groups for e in g.episodes]
+    with path.open("a", encoding="utf-8") as f:
+        for episode, was_dropped in [(e, False) for e in episodes] + dropped:
+            output = episode.output
+            record = {
+                "task_id": episode.task_id,
+                "episode_id": episode.episode_id,
+                "repeat_index": episode.repeat_index,
+                "reward": episode.reward,
+                "is_success": episode.is_success,
+                "turns": episode.num_turns,
+                "final_answer": output.metadata.get("final_answer") if output else None,
+                "error": episode.error,
+                "judge_error": episode.judge_error,
+                "policy_versions": sorted({v for s in episode.samples for v in s.versions}),
+                "dropped_as_stale": was_dropped,
+            }
+            f.write(json.dumps(record, default=str) + "\n")
 
 
 def _default_run_dir(cfg: Any) -> Path:

@@ -211,7 +211,7 @@ class RolloutRunner:
             tracker = self.proxy.close_episode(handle.api_key)
         timings["workflow_s"] = time.perf_counter() - t0
 
-        samples = tracker.samples()
+        samples = tracker.samples(handle.limits)
         stats = tracker.metrics()
         if error is not None:
             logger.warning("episode %s failed: %s", episode_id, error.splitlines()[0])
