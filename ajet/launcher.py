@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--conf", help="the experiment YAML (top key `ajet:`)")
     parser.add_argument("--backbone", choices=["debug", "verl"], help="overrides ajet.backbone")
-    parser.add_argument("--with-ray", action="store_true", help="start or join a Ray cluster (verl backbone)")
+    parser.add_argument(
+        "--with-ray",
+        action="store_true",
+        help="debug backbone: run workflows in Ray workers (joins RAY_ADDRESS when set, else starts a local Ray)",
+    )
     parser.add_argument("--with-logview", action="store_true", help="write token-level logview pages of episodes")
     parser.add_argument(
         "--kill",

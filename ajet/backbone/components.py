@@ -59,13 +59,13 @@ def load_workflow_and_judge(cfg: Any) -> tuple[type, Any]:
     return workflow_cls, judge
 
 
-def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False) -> RolloutStack:
+def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False, with_ray: bool = False) -> RolloutStack:
     """Load the model once and put an engine and the OpenAI-compatible proxy in front of it.
 
     With `separate_engine_weights`, the engine gets its own copy of the weights and is refreshed by
     `engine.update_weights` after each step: the asynchronous schedule trains while the engine samples.
     Otherwise the engine reads the trainer's model directly (no copy, no transfer); the loop pauses
-    the engine during updates.
+    the engine during updates. `with_ray` runs workflows in Ray workers (Ray must be running).
     """
     from ajet.engine import build_engine
     from ajet.models import ensure_tool_template, load_model, load_tokenizer
@@ -93,7 +93,12 @@ def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False) -> R
     proxy = ProxyServer(engine, tokenizer, disable_tool_calls=cfg.rollout.force_disable_toolcalls)
     proxy.start()
     workflow_cls, judge = load_workflow_and_judge(cfg)
-    runner = RolloutRunner(workflow_cls, judge, proxy, cfg)
+    remote = None
+    if with_ray:
+        from ajet.rollout.ray_executor import RayWorkflowExecutor
+
+        remote = RayWorkflowExecutor(cfg.rollout.user_workflow)
+    runner = RolloutRunner(workflow_cls, judge, proxy, cfg, remote=remote)
     return RolloutStack(
         tokenizer=tokenizer,
         policy=policy,

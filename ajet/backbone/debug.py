@@ -42,19 +42,26 @@ def run_debug(cfg: Any, launch_args: Any) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(run_dir / "ajet.log")
     with_logview = bool(getattr(launch_args, "with_logview", False))
-    if cfg.trainer_common.val_only:
-        return asyncio.run(run_evaluation(cfg, run_dir, with_logview=with_logview))
-    return asyncio.run(TrainingLoop(cfg, run_dir, with_logview=with_logview).run())
+    with_ray = bool(getattr(launch_args, "with_ray", False))
+    with contextlib.ExitStack() as stack:
+        if with_ray:
+            from ajet.ray_utils import ray_session
+
+            stack.enter_context(ray_session(namespace="ajet"))
+        if cfg.trainer_common.val_only:
+            return asyncio.run(run_evaluation(cfg, run_dir, with_logview=with_logview, with_ray=with_ray))
+        loop = TrainingLoop(cfg, run_dir, with_logview=with_logview, with_ray=with_ray)
+        return asyncio.run(loop.run())
 
 
-async def run_evaluation(cfg: Any, run_dir: Path, *, with_logview: bool = False) -> int:
+async def run_evaluation(cfg: Any, run_dir: Path, *, with_logview: bool = False, with_ray: bool = False) -> int:
     """`ajet.trainer_common.val_only=true`: evaluate the model on the validation split and write eval.json."""
     from ajet.task_reader import build_task_reader
 
     tasks = build_task_reader(cfg).val_tasks()
     limit = cfg.trainer_common.val_max_num_task_each_validation
     tasks = tasks[:limit] if limit else tasks
-    stack = build_rollout_stack(cfg)
+    stack = build_rollout_stack(cfg, with_ray=with_ray)
     try:
         metrics, episodes = await evaluate(stack.runner, tasks, num_repeat=cfg.rollout.val_kwargs.num_repeat)
     finally:
@@ -74,8 +81,11 @@ async def run_evaluation(cfg: Any, run_dir: Path, *, with_logview: bool = False)
 class TrainingLoop:
     """GRPO training on the debug backbone. `advantage_sign=-1` is the learning-proof control only."""
 
-    def __init__(self, cfg: Any, run_dir: Path, *, with_logview: bool = False, advantage_sign: float = 1.0) -> None:
+    def __init__(
+        self, cfg: Any, run_dir: Path, *, with_logview: bool = False, with_ray: bool = False, advantage_sign: float = 1.0
+    ) -> None:
         self.cfg = cfg
+        self.with_ray = with_ray
         self.run_dir = Path(run_dir)
         self.with_logview = with_logview
         self.advantage_sign = advantage_sign
@@ -96,7 +106,9 @@ class TrainingLoop:
         if tc.val_max_num_task_each_validation:
             val_tasks = val_tasks[: tc.val_max_num_task_each_validation]
 
-        self.stack = stack = build_rollout_stack(cfg, separate_engine_weights=self.max_staleness > 0)
+        self.stack = stack = build_rollout_stack(
+            cfg, separate_engine_weights=self.max_staleness > 0, with_ray=self.with_ray
+        )
         self.trainer = PolicyTrainer(stack.policy, stack.tokenizer, tc, cfg.lora, device=pick_device())
         step, position, version = 0, 0, 0
         ckpt = self._resume_from(latest_checkpoint)

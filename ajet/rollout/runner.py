@@ -97,7 +97,11 @@ class RolloutRunner:
         config: Any = None,
         *,
         settings: RolloutSettings | None = None,
+        remote: Any = None,
     ) -> None:
+        """`remote`: an executor with `async execute(config, workflow_task, tuner, timeout)` that runs
+        the workflow elsewhere (e.g. `RayWorkflowExecutor`); None runs it on the episode's thread."""
+        self.remote = remote
         self.workflow_cls = workflow_cls
         self.judge = judge
         self.proxy = proxy
@@ -195,8 +199,11 @@ class RolloutRunner:
         output: WorkflowOutput | None = None
         error: str | None = None
         try:
-            workflow = self.workflow_cls(config=self.config)
-            output = await asyncio.wait_for(workflow.execute(workflow_task, tuner), timeout=s.episode_timeout)
+            if self.remote is not None:
+                output = await self.remote.execute(self.config, workflow_task, tuner, s.episode_timeout)
+            else:
+                workflow = self.workflow_cls(config=self.config)
+                output = await asyncio.wait_for(workflow.execute(workflow_task, tuner), timeout=s.episode_timeout)
             if not isinstance(output, WorkflowOutput):
                 raise TypeError(
                     f"{self.workflow_cls.__name__}.execute returned {type(output).__name__}; "
