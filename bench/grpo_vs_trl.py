@@ -43,7 +43,9 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):  # run as `python bench/grpo_vs_t
 from _common import environment, fmt_stats, print_table, summarize, write_results  # noqa: E402
 
 from ajet import Workflow, WorkflowOutput  # noqa: E402
-DEFAULT_DATASET = Path("/work/shared/datasets/gsm8k/train.jsonl")
+
+# The shared folder beside the checkout, as tests/conftest.py expects it; --dataset names another file.
+DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
 INSTRUCTION = "Solve the problem. End your reply with the final answer after '####'."
 
 
@@ -88,7 +90,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class StepRecord:
-    """One measured GRPO step. Phases not measurable on a side are None."""
+    """One measured GRPO step of one side; seconds are wall clock unless named `cpu`."""
 
     step_s: float
     rollout_s: float  # generation + reward (+ TRL's padding/advantages), wall clock
@@ -351,7 +353,8 @@ def run_trl(settings: BenchSettings, workdir: Path) -> SideResult:
     result.process_peak_memory_mb = process_peak_memory_mb(device)
     result.notes.append(f"trl {_version('trl')}: generation = GRPOTrainer._generate (one padded model.generate)")
     del trainer, model
-    torch.cuda.empty_cache() if on_gpu else None
+    if on_gpu:
+        torch.cuda.empty_cache()
     return result
 
 
@@ -701,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, SideResult | str] = {}
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ajet-bench-grpo-") as tmp:
         for round_index, order in enumerate(round_orders(sides, args.rounds)):
             for side in order:
@@ -716,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[grpo_vs_trl] {side} done in {time.perf_counter() - t0:.0f} s", flush=True)
     report = build_report(settings, results)
     report["rounds"] = args.rounds
+    report["environment"]["load_average_at_start"] = load_at_start
     for name, error in report["errors"].items():
         print(f"[grpo_vs_trl] {name}: {error}", file=sys.stderr)
     if report["sides"]:

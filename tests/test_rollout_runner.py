@@ -14,6 +14,7 @@ from ajet.judge.base import BaseJudge
 from ajet.proxy import ProxyServer
 from ajet.rollout import RolloutRunner, RolloutSettings
 from ajet.schema import Task
+from ajet.tuner import AjetTuner  # noqa: F401 - imported up front: its first import is slow
 
 
 @pytest.fixture(scope="module")
@@ -167,4 +168,22 @@ async def test_reward_list_is_assigned_per_sample(stack, tokenizer):
     result = await runner.run_episode(TASK)
     assert [s.reward for s in result.samples] == [0.1, 0.9]
     assert result.reward == 0.9
+    runner.close()
+
+
+async def test_waiting_for_a_worker_thread_does_not_count_against_the_timeout(stack):
+    _, proxy = stack
+
+    class SlowButInTime(Workflow):
+        async def execute(self, workflow_task, tuner):
+            await asyncio.sleep(0.6)
+            return WorkflowOutput(reward=1.0, is_success=True)
+
+    # One worker thread, four episodes of 0.6 s each, a 1.5 s timeout + 0.1 s grace: the fourth waits
+    # 1.8 s for the thread, which must not count as running past its timeout.
+    settings = _settings(max_concurrency=1, episode_timeout=1.5, blocked_grace=0.1)
+    runner = RolloutRunner(SlowButInTime, None, proxy, settings=settings)
+    results = await runner.run_batch([TASK], num_repeat=4)
+    assert [r.error for r in results] == [None] * 4
+    assert [r.reward for r in results] == [1.0] * 4
     runner.close()

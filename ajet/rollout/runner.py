@@ -34,6 +34,8 @@ class RolloutSettings:
 
     max_concurrency: int = 8
     episode_timeout: float = 600.0
+    # Extra seconds before giving up on an episode stuck in synchronous code past its timeout.
+    blocked_grace: float = 30.0
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -140,12 +142,19 @@ class RolloutRunner:
         """Run one episode on a worker thread; never raises for workflow/judge failures."""
         episode_id = episode_id or f"{task.task_id or 'task'}-r{repeat_index}-{uuid.uuid4().hex[:8]}"
         loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+
+        def mark_started() -> None:
+            loop.call_soon_threadsafe(lambda: started.done() or started.set_result(None))
+
         future = loop.run_in_executor(
-            self._pool, self._run_episode_in_thread, task, repeat_index, episode_id, validation
+            self._pool, self._run_episode_in_thread, task, repeat_index, episode_id, validation, mark_started
         )
+        # Waiting for a free worker thread is not part of the episode's time.
+        await asyncio.wait([started, future], return_when=asyncio.FIRST_COMPLETED)
         # The thread enforces the timeout itself; this outer bound only catches workflows that block
         # in synchronous code where cancellation cannot reach them. Such a thread is abandoned.
-        grace = self.settings.episode_timeout + 30.0
+        grace = self.settings.episode_timeout + self.settings.blocked_grace
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=grace)
         except asyncio.TimeoutError:
@@ -157,7 +166,10 @@ class RolloutRunner:
 
     # -- one episode ----------------------------------------------------------------------------
 
-    def _run_episode_in_thread(self, task: Task, repeat_index: int, episode_id: str, validation: bool) -> EpisodeResult:
+    def _run_episode_in_thread(
+        self, task: Task, repeat_index: int, episode_id: str, validation: bool, mark_started: Callable[[], None]
+    ) -> EpisodeResult:
+        mark_started()
         # One long-lived loop per worker thread, not asyncio.run per episode: HTTP clients that user
         # code never closes schedule their cleanup on the loop they were made on when collected,
         # which fails noisily on a loop that asyncio.run has already closed.
