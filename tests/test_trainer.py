@@ -114,6 +114,35 @@ def test_sequence_logprobs_match_full_log_softmax(pack):
     assert torch.all(lp[attn == 0] == 0) and torch.all(lp[:, 0] == 0)
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_only_where_computes_exactly_the_selected_positions(pack):
+    """Restricting the lm_head to loss-mask positions changes nothing there and gives 0 elsewhere."""
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(6))
+    attn = torch.ones_like(ids)
+    attn[1, 6:] = 0
+    attn[2, :2] = 0
+    where = torch.zeros_like(ids, dtype=torch.bool)
+    where[0, 4:] = True
+    where[1, 2:6] = True
+    where[2, 7:] = True
+    where[2, 0] = True  # padding selected by mistake: still 0
+    ref_lp, ref_ent = reference_logprobs(model, ids, attn, 1.0)
+    weights = torch.randn(3, 9, generator=torch.Generator().manual_seed(7)) * where
+    grads = []
+    for only_where in (None, where):
+        model.zero_grad()
+        lp, ent = sequence_logprobs(model, ids, attn, with_entropy=True, pack=pack, chunk_size=4, only_where=only_where)
+        if only_where is not None:
+            keep = where & attn.bool()
+            torch.testing.assert_close(lp[keep], ref_lp[keep], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ent[keep], ref_ent[keep], atol=1e-5, rtol=1e-5)
+            assert torch.all(lp[~keep] == 0) and torch.all(ent[~keep] == 0)
+        (lp * weights).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
 def test_sequence_logprobs_gradient_matches_reference():
     """The chunked, checkpointed, packed path back-propagates the same gradient as the plain one."""
     ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(4))

@@ -28,6 +28,7 @@ def sequence_logprobs(
     with_entropy: bool = False,
     pack: bool = True,
     chunk_size: int = 1024,
+    only_where: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logprob of each token given the tokens before it.
 
@@ -40,6 +41,9 @@ def sequence_logprobs(
         with_entropy: also return the entropy of the next-token distribution predicting each token.
         pack: pack rows into one sequence (see module doc); False runs the padded batch as is.
         chunk_size: tokens per lm_head chunk.
+        only_where: `[B, T]` bool; when given, logprobs (and entropy) are computed only at these
+            positions (the loss mask) and are 0 elsewhere. The lm_head is the vocabulary-wide part of
+            the cost, and prompt/tool tokens never enter the loss, so this skips most of it.
 
     Returns:
         logprobs `[B, T]` float32 with `logprobs[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`;
@@ -60,9 +64,12 @@ def sequence_logprobs(
         hidden = decoder(
             input_ids=flat_ids[None], position_ids=position_ids[None], attention_mask=None, use_cache=False
         ).last_hidden_state[0]  # [N, H]
-        lp_next, ent_next = _chunked_token_logprobs(head, hidden[:-1], flat_ids[1:], inv_temp, with_entropy, chunk_size)
         # Token j is predicted by hidden j-1; a sequence start has no prediction within its sequence.
         starts = position_ids == 0
+        need = None if only_where is None else only_where[valid][1:] & ~starts[1:]
+        lp_next, ent_next = _chunked_token_logprobs(
+            head, hidden[:-1], flat_ids[1:], inv_temp, with_entropy, chunk_size, need
+        )
         lp_flat = torch.cat([lp_next.new_zeros(1), lp_next]).masked_fill(starts, 0.0)
         logprobs = lp_flat.new_zeros(input_ids.shape).masked_scatter(valid, lp_flat)
         if not with_entropy:
@@ -75,10 +82,12 @@ def sequence_logprobs(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state  # [B, T, H]
     B, T, H = hidden.shape
+    predicted_bool = valid[:, 1:] & valid[:, :-1]  # the previous token is real too
+    need = None if only_where is None else (only_where[:, 1:] & predicted_bool).reshape(-1)
     lp_next, ent_next = _chunked_token_logprobs(
-        head, hidden[:, :-1].reshape(-1, H), input_ids[:, 1:].reshape(-1), inv_temp, with_entropy, chunk_size
+        head, hidden[:, :-1].reshape(-1, H), input_ids[:, 1:].reshape(-1), inv_temp, with_entropy, chunk_size, need
     )
-    predicted = (valid[:, 1:] & valid[:, :-1]).to(lp_next.dtype)  # the previous token is real too
+    predicted = predicted_bool.to(lp_next.dtype)
     logprobs = torch.cat([lp_next.new_zeros(B, 1), lp_next.view(B, T - 1) * predicted], dim=1)
     if not with_entropy:
         return logprobs
@@ -103,8 +112,17 @@ def _chunked_token_logprobs(
     inv_temp: float,
     with_entropy: bool,
     chunk_size: int,
+    need: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`hidden [N, H]`, `targets [N]` -> (logprob of each target `[N]`, entropy `[N]` or None)."""
+    """`hidden [N, H]`, `targets [N]` -> (logprob of each target `[N]`, entropy `[N]` or None).
+
+    With `need [N]` bool, only those rows go through the lm_head; the others come back as 0.
+    """
+    if need is not None:
+        lp, ent = _chunked_token_logprobs(head, hidden[need], targets[need], inv_temp, with_entropy, chunk_size)
+        full_lp = lp.new_zeros(targets.shape[0]).masked_scatter(need, lp)
+        full_ent = None if ent is None else ent.new_zeros(targets.shape[0]).masked_scatter(need, ent)
+        return full_lp, full_ent
     fn = _chunk_fn(head, inv_temp, with_entropy)
     lps, ents = [], []
     for start in range(0, hidden.shape[0], chunk_size):

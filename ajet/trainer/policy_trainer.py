@@ -288,7 +288,8 @@ class PolicyTrainer:
             mb = self._collate(chunk, decoupled)
             with self._autocast():
                 logprobs, entropy = sequence_logprobs(
-                    self.model, mb.input_ids, mb.attention_mask, temperature, with_entropy=True, pack=self.pack
+                    self.model, mb.input_ids, mb.attention_mask, temperature, with_entropy=True, pack=self.pack,
+                    only_where=mb.loss_mask.bool(),
                 )
             if record_trainer_logprobs:
                 for row, s in enumerate(chunk):
@@ -356,8 +357,10 @@ class PolicyTrainer:
             for first in range(0, len(seqs), micro):
                 chunk = seqs[first : first + micro]
                 ids, attn = self._pad([s.input_ids for s in chunk], self.pad_token_id)
+                trained, _ = self._pad([s.loss_mask for s in chunk], 0)
                 with self._autocast():
-                    yield chunk, sequence_logprobs(model, ids, attn, temperature, pack=self.pack).float()
+                    lp = sequence_logprobs(model, ids, attn, temperature, pack=self.pack, only_where=trained.bool())
+                    yield chunk, lp.float()
         finally:
             model.train(was_training)
 
