@@ -9,10 +9,11 @@ rest make one. Reported per schedule, min/median/max over repeats:
 - trainer idle time: seconds the trainer waited for judged groups (`timing/rollout_s`), total and
   as a share of the run;
 - final reward (mean of the last 3 steps), so a speed-up that costs learning shows;
-- dropped groups and the staleness seen.
+- dropped groups, the staleness seen, and the mean model calls per trained episode (dropping stale
+  groups drops long episodes first, which a steps/hour figure alone would hide).
 
     python bench/async_vs_sync.py                      # CPU defaults, a few minutes
-    python bench/async_vs_sync.py --steps 20 --repeats 3 --staleness 1 2
+    python bench/async_vs_sync.py --steps 20 --repeats 3 --staleness 1 2 --policies drop wait
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, fmt_stats, print_table, summarize, write_results  # noqa: E402
 
 
-def _config(root: Path, model_dir: Path, args: argparse.Namespace, max_staleness: int):
+def _config(root: Path, model_dir: Path, args: argparse.Namespace, max_staleness: int, policy: str):
     from ajet.config import load_config
     from ajet.testing.charset_task import write_prompts
 
@@ -60,7 +61,7 @@ def _config(root: Path, model_dir: Path, args: argparse.Namespace, max_staleness
                 "logger": ["jsonl"],
                 "micro_batch_size": 64,
                 "optim": {"lr": args.lr, "weight_decay": 0.0, "grad_clip": 1.0},
-                "async": {"max_staleness": max_staleness},
+                "async": {"max_staleness": max_staleness, "stale_policy": policy},
             },
         }
     }
@@ -69,14 +70,14 @@ def _config(root: Path, model_dir: Path, args: argparse.Namespace, max_staleness
     return load_config(path, [])
 
 
-def run_once(args: argparse.Namespace, max_staleness: int, repeat: int) -> dict[str, float]:
+def run_once(args: argparse.Namespace, max_staleness: int, policy: str, repeat: int) -> dict[str, float]:
     from ajet.backbone.debug import TrainingLoop
     from ajet.testing.charset_task import build_char_model
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir = build_char_model(root / "model", seed=repeat)
-        cfg = _config(root, model_dir, args, max_staleness)
+        cfg = _config(root, model_dir, args, max_staleness, policy)
         loop = TrainingLoop(cfg, root / "run")
         t0 = time.perf_counter()
         asyncio.run(loop.run())
@@ -101,7 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--staleness", type=int, nargs="+", default=[1])
+    parser.add_argument("--staleness", type=int, nargs="+", default=[2])
+    parser.add_argument("--policies", nargs="+", default=["drop", "wait"], choices=["drop", "wait"])
     parser.add_argument("--batch", type=int, default=4, help="tasks per step")
     parser.add_argument("--group", type=int, default=8, help="episodes per task")
     parser.add_argument("--max-tokens", type=int, default=12, help="new tokens per model call")
@@ -110,12 +112,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=6e-3)
     args = parser.parse_args()
 
-    schedules = [0] + [s for s in args.staleness if s > 0]
+    schedules = [(0, "drop")] + [(s, p) for s in args.staleness if s > 0 for p in args.policies]
     results: dict[str, dict[str, dict[str, float]]] = {}
     raw: dict[str, list[dict[str, float]]] = {}
-    for s in schedules:
-        name = "sync" if s == 0 else f"async (max_staleness={s})"
-        runs = [run_once(args, s, r) for r in range(args.repeats)]
+    for s, policy in schedules:
+        name = "sync" if s == 0 else f"async s={s} {policy}"
+        runs = [run_once(args, s, policy, r) for r in range(args.repeats)]
         raw[name] = runs
         results[name] = {k: summarize([run[k] for run in runs]) for k in runs[0]}
 
@@ -132,11 +134,12 @@ def main() -> None:
                 fmt_stats(r["final_reward"], 3),
                 f"{r['dropped_groups']['median']:.0f}",
                 f"{r['max_staleness_seen']['max']:.0f}",
+                f"{r['turns_mean']['median']:.2f}",
             ]
         )
     print_table(
         f"async vs sync, {args.steps} steps, {args.batch}x{args.group} episodes/step, long tail {args.tail_turns} calls in 1/{args.tail_every}",
-        ["schedule", "steps/hour", "vs sync", "trainer idle s", "idle share", "final reward", "dropped", "staleness max"],
+        ["schedule", "steps/hour", "vs sync", "idle s", "idle %", "final reward", "dropped", "stale max", "turns/ep"],
         rows,
     )
     path = write_results("async_vs_sync", {"env": environment(), "settings": vars(args), "results": results, "runs": raw})

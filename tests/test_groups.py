@@ -159,3 +159,40 @@ def test_training_batch_normalises_within_each_group_and_skips_untrainable_sampl
     assert adv[2:].abs().max() == 0, "equal rewards in a group carry no signal"
     flipped = build_training_batch([group_a], advantage_sign=-1.0)
     assert flipped.advantages == pytest.approx([-a for a in batch.advantages[:2]])
+
+
+async def test_wait_policy_trains_a_long_group_instead_of_dropping_it():
+    """A group still running when the next update would make it too stale is waited for."""
+    version = {"now": 0}
+    gates: dict[int, asyncio.Event] = {}
+
+    async def run_group(task: Task, index: int) -> list[EpisodeResult]:
+        launched_at = version["now"]
+        gates[index] = asyncio.Event()
+        if index != 2:  # group 2 is the long episode
+            gates[index].set()
+        await gates[index].wait()
+        return [_episode(task, float(i), launched_at, i) for i in range(2)]
+
+    producer = GroupProducer(
+        run_group, TaskStream(_tasks(20), shuffle=False), batch_size=2, max_staleness=1,
+        stale_policy="wait", current_version=lambda: version["now"],
+    )
+    first = await producer.take()  # groups 0, 1; groups 2, 3 (version 0) run ahead
+    assert [g.launch_index for g in first.groups] == [0, 1]
+    version["now"] = 1
+    producer.step_done()
+    # At version 1, the coming update (-> 2) would make group 2 (version 0) stale: take() must wait.
+    waiting = asyncio.ensure_future(producer.take())
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "the trainer went ahead without the long group"
+    gates[2].set()
+    second = await waiting
+    assert 2 in [g.launch_index for g in second.groups]
+    assert not second.dropped and producer.dropped_total == 0
+    await producer.close()
+
+
+def test_stale_policy_is_validated():
+    with pytest.raises(ValueError, match="stale_policy"):
+        GroupProducer(lambda t, i: None, TaskStream(_tasks(2)), batch_size=1, stale_policy="maybe")

@@ -129,6 +129,7 @@ class TrainingLoop:
             stream,
             batch_size=batch_size,
             max_staleness=self.max_staleness,
+            stale_policy=tc.async_.stale_policy,
             current_version=lambda: stack.engine.policy_version,
         )
         self.metrics_logger = MetricsLogger(self.run_dir, list(tc.logger), cfg.project_name, cfg.experiment_name, cfg.to_dict())

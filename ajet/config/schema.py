@@ -247,6 +247,7 @@ class RolloutCorrectionConfig(Section):
 
 class AsyncConfig(Section):
     max_staleness: NonNegativeInt
+    stale_policy: Literal["drop", "wait"]
 
 
 LoggerName = Literal["console", "jsonl", "swanlab"]

@@ -9,7 +9,9 @@ groups ahead of the trainer within a staleness budget and the trainer takes fini
 With `max_staleness = 0` only the current step's groups are ever in flight, which is the synchronous
 loop; with s > 0 rollouts for up to s later steps run while the trainer updates. A group whose oldest
 sampled token is more than `max_staleness` policy versions behind the trainer when it is taken is
-dropped and counted (never silently), and its slot goes back to the budget so batches stay full.
+dropped and counted (never silently), and its slot goes back to the budget so batches stay full;
+or, with `stale_policy="wait"`, the trainer waits for such groups before updating (verl's `drop` /
+`wait` off-policy strategies).
 """
 
 from __future__ import annotations
@@ -66,12 +68,17 @@ class GroupProducer:
         *,
         batch_size: int,
         max_staleness: int = 0,
+        stale_policy: str = "drop",
         current_version: Callable[[], int] = lambda: 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if max_staleness < 0:
             raise ValueError("max_staleness must be >= 0")
+        if stale_policy not in ("drop", "wait"):
+            raise ValueError(f"stale_policy must be 'drop' or 'wait', got {stale_policy!r}")
+        self.stale_policy = stale_policy
+        self._in_flight_versions: dict[int, int] = {}  # launch index -> launch version, until finished
         self._run_group = run_group
         self._stream = stream
         self.batch_size = batch_size
@@ -88,10 +95,15 @@ class GroupProducer:
     # -- trainer side -----------------------------------------------------------------------------
 
     async def take(self) -> TakeResult:
-        """Wait for `batch_size` fresh finished groups; drop (and count) stale ones on the way."""
+        """Wait for `batch_size` fresh finished groups; drop (and count) stale ones on the way.
+
+        With `stale_policy="wait"`, also wait for every in-flight group that the coming update would
+        push past the bound, and train it now: the batch may exceed `batch_size`, but long episodes
+        are not dropped for being long (dropping them biases training towards short episodes).
+        """
         result = TakeResult(groups=[])
         self._fill()
-        while len(result.groups) < self.batch_size:
+        while len(result.groups) < self.batch_size or self._must_wait_for_in_flight():
             group = await self._finished.get()
             staleness = self._current_version() - group.oldest_version
             result.staleness[staleness] += 1
@@ -107,6 +119,13 @@ class GroupProducer:
             result.groups.append(group)
             self._taken += 1
         return result
+
+    def _must_wait_for_in_flight(self) -> bool:
+        """wait policy: is a group still running that would be too stale after the coming update?"""
+        if self.stale_policy != "wait" or not self._in_flight_versions:
+            return False
+        after_update = self._current_version() + 1
+        return min(self._in_flight_versions.values()) < after_update - self.max_staleness
 
     def step_done(self) -> None:
         """The trainer finished a step (weights updated): more groups may launch."""
@@ -153,10 +172,15 @@ class GroupProducer:
             task = self._stream.next()
             index = self._launched
             self._launched += 1
-            job = asyncio.ensure_future(self._run(task, index, self._current_version()))
+            version = self._current_version()
+            self._in_flight_versions[index] = version
+            job = asyncio.ensure_future(self._run(task, index, version))
             self._in_flight.add(job)
             job.add_done_callback(self._in_flight.discard)
 
     async def _run(self, task: Task, index: int, version: int) -> None:
-        episodes = await self._run_group(task, index)
-        await self._finished.put(EpisodeGroup(task=task, episodes=list(episodes), launch_index=index, launch_version=version))
+        try:
+            episodes = await self._run_group(task, index)
+        finally:
+            self._in_flight_versions.pop(index, None)
+        self._finished.put_nowait(EpisodeGroup(task=task, episodes=list(episodes), launch_index=index, launch_version=version))

@@ -113,6 +113,9 @@ class RolloutRunner:
             max_workers=self.settings.max_concurrency, thread_name_prefix="ajet-episode"
         )
         self._thread_state = threading.local()
+        # Set by close(): episodes still running on their threads then fail as the proxy goes away;
+        # they were cancelled, so their failures are not worth a warning each.
+        self._closed = False
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -162,6 +165,7 @@ class RolloutRunner:
             return self._failed(task, repeat_index, episode_id, [], None, error="timeout (blocked in synchronous code)")
 
     def close(self) -> None:
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one episode ----------------------------------------------------------------------------
@@ -233,7 +237,8 @@ class RolloutRunner:
         samples = tracker.samples(handle.limits)
         stats = tracker.metrics()
         if error is not None:
-            logger.warning("episode %s failed: %s", episode_id, error.splitlines()[0])
+            level = logging.DEBUG if self._closed else logging.WARNING
+            logger.log(level, "episode %s failed: %s", episode_id, error.splitlines()[0])
             return self._failed(task, repeat_index, episode_id, samples, output, error=error, stats=stats, timings=timings)
 
         assert output is not None
