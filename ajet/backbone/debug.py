@@ -99,10 +99,8 @@ class TrainingLoop:
 
         cfg, tc = self.cfg, self.cfg.trainer_common
         reader = build_task_reader(cfg)
-        train_tasks = reader.train_tasks()
+        train_tasks = reader.train_tasks()  # shuffled with data.seed, cut to debug.debug_first_n_tasks
         val_tasks = reader.val_tasks() if (tc.test_freq or tc.val_before_train) else []
-        if cfg.debug.debug_first_n_tasks:
-            train_tasks = train_tasks[: cfg.debug.debug_first_n_tasks]
         if tc.val_max_num_task_each_validation:
             val_tasks = val_tasks[: tc.val_max_num_task_each_validation]
 

@@ -125,19 +125,10 @@ class RolloutRunner:
         num_repeat: int,
         *,
         validation: bool = False,
-        on_done: Callable[[EpisodeResult], None] | None = None,
     ) -> list[EpisodeResult]:
         """Run `num_repeat` episodes of every task concurrently; results in (task, repeat) order."""
         jobs = [self.run_episode(task, i, validation=validation) for task in tasks for i in range(num_repeat)]
-        if on_done is None:
-            return list(await asyncio.gather(*jobs))
-
-        async def notify(job: Any) -> EpisodeResult:
-            result = await job
-            on_done(result)
-            return result
-
-        return list(await asyncio.gather(*(notify(j) for j in jobs)))
+        return list(await asyncio.gather(*jobs))
 
     async def run_episode(
         self, task: Task, repeat_index: int = 0, *, validation: bool = False, episode_id: str | None = None
