@@ -68,7 +68,7 @@ def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False, with
     the engine during updates. `with_ray` runs workflows in Ray workers (Ray must be running).
     """
     from ajet.engine import build_engine
-    from ajet.models import ensure_tool_template, load_model, load_tokenizer
+    from ajet.models import ensure_tool_template, load_model, load_tokenizer, resolve_model_path
     from ajet.proxy import ProxyServer
     from ajet.rollout import RolloutRunner
 
@@ -77,8 +77,12 @@ def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False, with
     template = ensure_tool_template(tokenizer, mode=cfg.model.chat_template)
     logger.info("chat template: %s", template)
     policy = load_model(cfg.model.path, dtype=pick_dtype(cfg.model.dtype, device, for_training=True), device=device)
-    engine_model = policy
-    if separate_engine_weights:
+    engine_model: Any = policy
+    if cfg.rollout.engine == "vllm":
+        # vLLM loads its own copy from disk and gets new weights through update_weights.
+        engine_model = str(resolve_model_path(cfg.model.path))
+        separate_engine_weights = True
+    elif separate_engine_weights:
         engine_dtype = pick_dtype(cfg.model.dtype, device, for_training=False)
         engine_model = copy.deepcopy(policy).to(engine_dtype).eval()
         engine_model.requires_grad_(False)
