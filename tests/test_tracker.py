@@ -197,7 +197,7 @@ def test_drift_check_is_silent_on_a_clean_episode(caplog):
     _, assistant = _record_turn(tracker, messages, tok.encode(tool_call_text("add", {"a": 1, "b": 2}), add_special_tokens=False) + [end], tools=[ADD_TOOL])
     messages += [assistant, {"role": "tool", "tool_call_id": assistant["tool_calls"][0]["id"], "content": "3"}]
     _record_turn(tracker, messages, tok.encode("It is 3.", add_special_tokens=False) + [end], tools=[ADD_TOOL])
-    with caplog.at_level(logging.WARNING, logger="ajet.tracker"):
+    with caplog.at_level(logging.INFO, logger="ajet.tracker"):
         report = tracker.drift_report()
     assert not report.drifted and report.position is None
     assert tracker.metrics()["drift"] == 0
@@ -214,9 +214,9 @@ def test_drift_check_fires_on_a_constructed_mismatch(caplog):
     canonical = tok.encode(text, add_special_tokens=False)
     first_diff = next(i for i, (a, b) in enumerate(zip(_char_level_ids(tok, text), canonical)) if a != b)
 
-    with caplog.at_level(logging.WARNING, logger="ajet.tracker"):
+    with caplog.at_level(logging.INFO, logger="ajet.tracker"):
         report = tracker.drift_report()
-        tracker.drift_report()  # warned once per episode, not per check
+        tracker.drift_report()  # logged once per episode, not per check
     assert report.drifted
     assert report.position == len(plan.prompt_ids) + first_diff
     assert report.tracked_window != report.rendered_window

@@ -43,7 +43,8 @@ def summarize_episodes(episodes: Sequence[EpisodeResult], prefix: str = "rollout
         "judge_errors": float(sum(1 for e in episodes if e.judge_error)),
         "truncated_samples": float(sum(1 for e in episodes for s in e.samples if s.truncated)),
         "samples_per_episode": _mean([float(len(e.samples)) for e in episodes]),
-        "drift_mismatches": float(sum(e.metrics.get("drift_mismatches", 0.0) for e in episodes)),
+        "drift_episodes": float(sum(e.metrics.get("drift", 0.0) for e in episodes)),
+        "splice_misses": float(sum(e.metrics.get("splice_misses", 0.0) for e in episodes)),
         "episodes": float(len(episodes)),
     }
     return {prefix + k: v for k, v in out.items()}

@@ -105,7 +105,7 @@ class EpisodeTracker:
     def drift_report(self, tokenizer: Any = None, final_messages: list[Message] | None = None) -> DriftReport:
         """Drift between the last call's tracked ids and a fresh render (see ajet.tracker.drift).
 
-        Logs one warning per episode when drift is found.
+        Logs once per episode (INFO) when drift is found; `metrics()['drift']` counts it.
         """
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         calls = self.calls
@@ -115,7 +115,9 @@ class EpisodeTracker:
         self._drift, self._drift_at_calls = report, len(calls)
         if report.drifted and not self._drift_warned:
             self._drift_warned = True
-            logger.warning("episode %s: %s", self.episode_id, report.describe())
+            # Informational: training uses the sampled ids; this says where re-tokenising the text
+            # (what a framework without splicing would train on) would have differed.
+            logger.info("episode %s: %s (trained on the sampled tokens)", self.episode_id, report.describe())
         return report
 
     def metrics(self) -> dict[str, float]:
