@@ -221,7 +221,7 @@ class TrainingLoop:
             advantages = {id(s): a for s, a in zip(batch.samples, batch.advantages)}
             _write_logview(
                 self.run_dir / "logview" / f"step_{step + 1:05d}.html", episodes, stack.tokenizer, advantages,
-                step=step + 1, title=f"{self.cfg.experiment_name} step {step + 1}", max_episodes=tc.logview_episodes,
+                step=step + 1, title=self.cfg.experiment_name, max_episodes=tc.logview_episodes,
             )
         return metrics
 
