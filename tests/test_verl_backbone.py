@@ -8,6 +8,8 @@ sampling_params=...) -> TokenOutput` interface, backed by ajet's ScriptedEngine.
 
 from __future__ import annotations
 
+import argparse
+
 import asyncio
 import json
 import threading
@@ -171,6 +173,33 @@ def test_translation_composes_with_verl_defaults_in_struct_mode():
     cfg.verl = {"trainer": {"no_such_verl_key": 1}}
     with pytest.raises(ConfigKeyError):
         compose_verl_config(translate_config(cfg))
+
+
+@pytest.mark.parametrize("policy", ["drop", "wait"])
+def test_async_keys_select_verls_v1_async_trainer_with_the_same_staleness_bound(policy):
+    from omegaconf import OmegaConf
+
+    cfg = math_cfg("trainer_common.async.max_staleness=2", f"trainer_common.async.stale_policy={policy}")
+    composed = compose_verl_config(translate_config(cfg, train_files="/t.parquet", val_files="/v.parquet"))
+    assert OmegaConf.select(composed, "trainer.use_v1") is True
+    assert composed.trainer.v1.trainer_mode == "colocate_async"
+    assert composed.trainer.v1.sampler.max_off_policy_threshold == 2
+    assert composed.trainer.v1.sampler.max_off_policy_strategy == policy
+
+
+def test_async_on_verl_without_transfer_queue_says_what_to_install(capsys):
+    from ajet.backbone.verl import launch
+
+    cfg = math_cfg("trainer_common.async.max_staleness=1")
+    present = {"verl", "vllm", "ray"}
+
+    def find_spec(name):
+        return object() if name.split(".")[0] in present else None
+
+    code = launch.run(cfg, argparse.Namespace(with_logview=False), find_spec=find_spec)
+    assert code == launch.EXIT_MISSING_DEPENDENCIES
+    err = capsys.readouterr().err
+    assert "transfer_queue" in err and "max_staleness=0" in err
 
 
 # -- the engine over verl's server-manager interface ------------------------------------------------

@@ -168,10 +168,8 @@ def translate_config(
         "val_before_train": t.val_before_train,
         "val_only": t.val_only,
         "max_actor_ckpt_to_keep": t.max_checkpoints_to_keep,
-        # verl's v1 trainer needs the separate `transfer_queue` package; the v0 RayPPOTrainer
-        # runs agent loops and GRPO with verl's own dependencies only.
-        "use_v1": False,
         **_resume_keys(t.resume),
+        **_schedule_keys(t.async_.max_staleness, t.async_.stale_policy),
     }
     if experiment_dir is not None:
         trainer["default_local_dir"] = str(Path(experiment_dir) / "checkpoints")
@@ -195,6 +193,26 @@ def translate_config(
         "trainer": trainer,
     }
     return deep_merge(translated, dict(cfg.verl or {}))
+
+
+def _schedule_keys(max_staleness: int, stale_policy: str) -> dict[str, Any]:
+    """Synchronous: verl's v0 RayPPOTrainer, which needs only verl's own dependencies.
+
+    Asynchronous (`trainer_common.async.max_staleness > 0`): verl 0.9.1 overlaps rollout and training
+    only in its v1 trainer (`colocate_async`: rollout and FSDP share the GPUs, as in ajet's debug
+    backbone), whose replay buffer bounds staleness with the same two policies ajet has:
+    `max_off_policy_threshold` versions, `drop` or `wait`. The v1 trainer imports the separate
+    `transfer_queue` package (checked at launch).
+    """
+    if max_staleness == 0:
+        return {"use_v1": False}
+    return {
+        "use_v1": True,
+        "v1": {
+            "trainer_mode": "colocate_async",
+            "sampler": {"max_off_policy_threshold": max_staleness, "max_off_policy_strategy": stale_policy},
+        },
+    }
 
 
 def rollout_correction_keys(tis_cap: float | None, mask_low: float | None, mask_high: float | None) -> dict[str, Any]:

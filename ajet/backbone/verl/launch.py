@@ -33,6 +33,13 @@ EXIT_NO_GPU = 3
 VERL_REQUIREMENTS: dict[str, str] = {"verl": "verl==0.9.1", "vllm": "vllm==0.24.0", "ray": "ray>=2.41"}
 
 
+ASYNC_NEEDS_TRANSFER_QUEUE = (
+    "ajet: trainer_common.async.max_staleness > 0 on the verl backbone runs verl's v1 asynchronous "
+    "trainer, which imports the `transfer_queue` package (verl 0.9.1 does not declare it). Install it "
+    "next to verl, or set ajet.trainer_common.async.max_staleness=0 for verl's synchronous trainer."
+)
+
+
 def missing_dependencies(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> list[str]:
     """The modules of the verl extra that cannot be imported here, sorted."""
     return sorted(name for name in VERL_REQUIREMENTS if find_spec(name) is None)
@@ -155,6 +162,9 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     if missing:
         print(install_message(missing), file=sys.stderr)
         return EXIT_MISSING_DEPENDENCIES
+    if cfg.trainer_common.async_.max_staleness > 0 and find_spec("transfer_queue") is None:
+        print(ASYNC_NEEDS_TRANSFER_QUEUE, file=sys.stderr)
+        return EXIT_MISSING_DEPENDENCIES
     problem = gpu_problem(cfg.trainer_common.n_gpus_per_node)
     if problem:
         print(problem, file=sys.stderr)
@@ -163,7 +173,6 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     from omegaconf import OmegaConf
     from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
     from verl.trainer.main_ppo import run_ppo
-    from verl.trainer.main_ppo_v0 import TaskRunner
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
@@ -184,6 +193,10 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     runtime_env = OmegaConf.to_container(OmegaConf.create(get_ppo_ray_runtime_env(verl_config)))
     runtime_env.setdefault("env_vars", {}).update(env_vars)
     logger.info("verl backbone: run directory %s", experiment_dir)
+    if verl_config.trainer.use_v1:
+        from verl.trainer.main_ppo import TaskRunnerV1 as TaskRunner
+    else:
+        from verl.trainer.main_ppo_v0 import TaskRunner
     with ray_session(runtime_env=runtime_env, namespace="ajet"):
         run_ppo(verl_config, task_runner_class=TaskRunner)
     return 0
