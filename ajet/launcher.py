@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
 
+    from ajet.backbone import resolve_user_classes
     from ajet.config import ConfigError, load_config, resolve_experiment_dir
 
     try:
@@ -99,19 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ajet: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return int(result or 0)
-
-
-def resolve_user_classes(cfg: Any) -> tuple[type, type | None]:
-    """Import the workflow and judge now, so a bad spec fails before any model loads."""
-    from ajet.imports import import_object
-    from ajet.judge.base import BaseJudge
-    from ajet.workflow import Workflow
-
-    workflow_cls = import_object(cfg.rollout.user_workflow, Workflow, key="ajet.rollout.user_workflow")
-    judge_cls = None
-    if cfg.task_judge.judge_protocol:
-        judge_cls = import_object(cfg.task_judge.judge_protocol, BaseJudge, key="ajet.task_judge.judge_protocol")
-    return workflow_cls, judge_cls
 
 
 def print_dry_run(cfg: Any, workflow_cls: type, judge_cls: type | None) -> None:

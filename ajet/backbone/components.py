@@ -47,16 +47,11 @@ def pick_dtype(name: str, device: str, *, for_training: bool) -> torch.dtype:
 
 
 def load_workflow_and_judge(cfg: Any) -> tuple[type, Any]:
-    from ajet.imports import import_object
-    from ajet.judge.base import BaseJudge
-    from ajet.workflow import Workflow
+    """The workflow class and a judge instance (None when no judge_protocol is set)."""
+    from ajet.backbone import resolve_user_classes
 
-    workflow_cls = import_object(cfg.rollout.user_workflow, Workflow, key="ajet.rollout.user_workflow")
-    judge = None
-    if cfg.task_judge.judge_protocol:
-        judge_cls = import_object(cfg.task_judge.judge_protocol, BaseJudge, key="ajet.task_judge.judge_protocol")
-        judge = judge_cls(config=cfg)
-    return workflow_cls, judge
+    workflow_cls, judge_cls = resolve_user_classes(cfg)
+    return workflow_cls, (judge_cls(config=cfg) if judge_cls is not None else None)
 
 
 def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False, with_ray: bool = False) -> RolloutStack:
@@ -73,14 +68,16 @@ def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False, with
     from ajet.rollout import RolloutRunner
 
     device = pick_device()
-    tokenizer = load_tokenizer(cfg.model.path)
+    # Resolve once: for a hub id or a builtin this may probe the hub or build a cache entry.
+    model_dir = resolve_model_path(cfg.model.path)
+    tokenizer = load_tokenizer(model_dir)
     template = ensure_tool_template(tokenizer, mode=cfg.model.chat_template)
     logger.info("chat template: %s", template)
-    policy = load_model(cfg.model.path, dtype=pick_dtype(cfg.model.dtype, device, for_training=True), device=device)
+    policy = load_model(model_dir, dtype=pick_dtype(cfg.model.dtype, device, for_training=True), device=device)
     engine_model: Any = policy
     if cfg.rollout.engine == "vllm":
         # vLLM loads its own copy from disk and gets new weights through update_weights.
-        engine_model = str(resolve_model_path(cfg.model.path))
+        engine_model = str(model_dir)
         separate_engine_weights = True
     elif separate_engine_weights:
         engine_dtype = pick_dtype(cfg.model.dtype, device, for_training=False)
