@@ -183,8 +183,50 @@ def test_async_keys_select_verls_v1_async_trainer_with_the_same_staleness_bound(
     composed = compose_verl_config(translate_config(cfg, train_files="/t.parquet", val_files="/v.parquet"))
     assert OmegaConf.select(composed, "trainer.use_v1") is True
     assert composed.trainer.v1.trainer_mode == "colocate_async"
-    assert composed.trainer.v1.sampler.max_off_policy_threshold == 2
     assert composed.trainer.v1.sampler.max_off_policy_strategy == policy
+
+
+def _verl_replay_buffer(threshold: int, policy: str, scheduled_at: dict[str, int], state: str):
+    """verl's own asynchronous replay buffer holding groups scheduled at the given training steps,
+    all finished (`state="finished"`) or all still running."""
+    from collections import defaultdict
+
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBufferAsync
+
+    buffer = ReplayBufferAsync.__new__(ReplayBufferAsync)  # no TransferQueue: only its policy methods run
+    buffer.max_off_policy_threshold, buffer.max_off_policy_strategy = threshold, policy
+    buffer.pending_keys, buffer.running_keys, buffer.finished_keys = defaultdict(set), defaultdict(set), defaultdict(set)
+    buffer.prompt_global_steps = defaultdict(dict)
+    for uid, step in scheduled_at.items():
+        buffer.prompt_global_steps["train"][uid] = step
+        (buffer.finished_keys if state == "finished" else buffer.running_keys)["train"].add(uid)
+    return buffer
+
+
+@pytest.mark.parametrize("max_staleness", [1, 2, 3])
+def test_verls_replay_buffer_keeps_and_drops_what_ajets_producer_does(max_staleness):
+    """The translated threshold, run through verl's own eviction code: a group `max_staleness`
+    versions behind is trained, one more version behind is dropped (ajet's GroupProducer rule)."""
+    cfg = math_cfg(f"trainer_common.async.max_staleness={max_staleness}", "trainer_common.async.stale_policy=drop")
+    threshold = compose_verl_config(translate_config(cfg)).trainer.v1.sampler.max_off_policy_threshold
+    step = 10  # verl's global_steps: the training step, trained with weights of version step - 1
+    behind = {f"g{k}": step - k for k in range(max_staleness + 3)}  # scheduled k versions ago
+    buffer = _verl_replay_buffer(threshold, "drop", behind, "finished")
+    dropped = buffer._stale_terminal_keys(step, "train")
+    assert dropped == {uid for uid, scheduled in behind.items() if step - scheduled > max_staleness}
+
+
+@pytest.mark.parametrize("max_staleness", [1, 2])
+def test_verls_replay_buffer_waits_when_ajets_producer_does(max_staleness):
+    """`wait`: training step `step` blocks exactly when a running group would be more than
+    `max_staleness` versions behind after it (ajet: GroupProducer waits for it instead of dropping)."""
+    cfg = math_cfg(f"trainer_common.async.max_staleness={max_staleness}", "trainer_common.async.stale_policy=wait")
+    threshold = compose_verl_config(translate_config(cfg)).trainer.v1.sampler.max_off_policy_threshold
+    step = 10
+    for k in range(max_staleness + 2):
+        buffer = _verl_replay_buffer(threshold, "wait", {"slow": step - k}, "running")
+        would_be_stale_after_update = k + 1 > max_staleness
+        assert buffer._has_enough_samples(step, "train", 1, {"done"}) is (not would_be_stale_after_update), k
 
 
 def test_async_on_verl_without_transfer_queue_says_what_to_install(capsys):
@@ -200,6 +242,7 @@ def test_async_on_verl_without_transfer_queue_says_what_to_install(capsys):
     assert code == launch.EXIT_MISSING_DEPENDENCIES
     err = capsys.readouterr().err
     assert "transfer_queue" in err and "max_staleness=0" in err
+    assert 'pip install "TransferQueue>=0.1.10"' in err
 
 
 # -- the engine over verl's server-manager interface ------------------------------------------------
@@ -469,6 +512,73 @@ async def test_agent_loop_writes_a_logview_page_per_worker(agent_loop_env, monke
     (page,) = pages[1]
     text = page.read_text()
     assert text.count('class="episode') == 2 and "t-lv" in text
+
+
+class TwoContextsWorkflow(Workflow):
+    """Two model calls whose contexts do not extend each other, so the tracker makes two samples."""
+
+    async def execute(self, workflow_task, tuner):
+        client = tuner.as_raw_openai_sdk_client()
+        first = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": workflow_task.task.main_query}], max_tokens=8
+        )
+        second = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Check this answer: " + first.choices[0].message.content}],
+            max_tokens=8,
+        )
+        return WorkflowOutput(reward=None, metadata={"final_answer": second.choices[0].message.content})
+
+
+async def test_verls_v1_worker_stores_every_sample_of_an_episode_with_its_versions(agent_loop_env, monkeypatch):
+    """With verl's v1 trainer (ajet's async mode) an episode split into two samples reaches verl's
+    TransferQueue as two trajectories, each tagged with the policy versions v1's staleness code reads."""
+    import numpy as np
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap
+    from verl.trainer.ppo.v1 import agent_loop_tq
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from ajet.backbone import components
+    from ajet.backbone.verl import agent_loop as al
+
+    env = agent_loop_env
+    monkeypatch.setattr(components, "load_workflow_and_judge", lambda c: (TwoContextsWorkflow, AnswerJudge(config=c)))
+    env.manager.engine = ScriptedEngine(env.tok, lambda text: "42")
+    env.manager.global_steps = 3
+    v1_cfg = compose_verl_config(translate_config(math_cfg(
+        "trainer_common.async.max_staleness=1", "data.max_prompt_length=512", "data.max_response_length=256")))
+    loop = al.AjetAgentLoop(
+        trainer_config=DictConfigWrap(v1_cfg), server_manager=env.manager, tokenizer=env.tok, processor=None,
+        dataset_cls=RLHFDataset, data_config=DictConfigWrap(v1_cfg.data), ajet_config_path=env.cfg,
+    )
+    task = Task(main_query="What is 40 + 2?", task_id="t-v1", metadata={"reference_answer": "42"})
+    row = {"raw_prompt": task.init_messages, "extra_info": al.task_to_extra_info(task, 0), "uid": "g-v1",
+           "session_id": 1, "global_steps": 3}
+    outputs = await loop.run({"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}, **row)
+    assert isinstance(outputs, list) and len(outputs) == 2
+    assert all(o.extra_fields["ajet_dropped_samples"] == 0 for o in outputs)
+
+    stored = []
+
+    async def kv_batch_put(*, keys, fields, tags, partition_id):
+        stored.append((keys, fields, tags, partition_id))
+
+    monkeypatch.setattr(agent_loop_tq.tq, "async_kv_batch_put", kv_batch_put)
+    worker_cls = agent_loop_tq.AgentLoopWorkerTQ.__ray_metadata__.modified_class  # the class behind the Ray actor
+    worker = worker_cls.__new__(worker_cls)  # no Ray actor, no TransferQueue: only its postprocess runs
+    worker.tokenizer, worker.processor = env.tok, None
+    worker.reward_loop_worker_handles, worker.distillation_enabled = None, False
+    await worker._agent_loop_postprocess(outputs, False, **row)
+
+    ((keys, fields, tags, partition),) = stored
+    assert keys == ["g-v1_1_0", "g-v1_1_1"] and partition == "train"
+    assert [t["response_len"] for t in tags] == [len(o.response_ids) for o in outputs]
+    # the judge's reward at each trajectory's last token, the sampled logprobs as verl's rollout_log_probs
+    assert [float(r[-1]) for r in fields["rm_scores"].unbind(0)] == [1.0, 1.0]
+    for stored_logprobs, output in zip(fields["rollout_log_probs"].unbind(0), outputs):
+        assert stored_logprobs.tolist() == pytest.approx(output.response_logprobs)
+    # what v1's trainer does with the tags (trainer_base: np.array(..., dtype=int)); None would raise
+    assert np.array([t["min_global_steps"] for t in tags], dtype=int).tolist() == [3, 3]
+    assert np.array([t["max_global_steps"] for t in tags], dtype=int).tolist() == [3, 3]
 
 
 def test_an_episode_split_into_several_samples_returns_the_last_and_counts_the_rest():

@@ -6,10 +6,15 @@ plays one episode exactly as the debug backbone does (RolloutRunner -> workflow 
 ProxyServer -> tracker -> judge), with the proxy generating through `VerlServerEngine`, i.e.
 verl's vLLM replicas, token in / token out. The tracker's sample becomes the AgentLoopOutput.
 
-One trajectory per call (verl 0.9.1's contract): when the tracker split an episode into several
-samples (the agent rewrote its context, so no single token sequence holds every turn), the LAST one
-is returned, since it holds the final answer the judge scored; the number dropped is recorded in
-`extra_fields["ajet_dropped_samples"]` (a column of verl's batch) so it shows in the data.
+When the tracker split an episode into several samples (the agent rewrote its context, so no
+single token sequence holds every turn), what verl can take depends on its trainer:
+  - v0 (`RayPPOTrainer`, synchronous) takes one trajectory per call: the LAST sample is returned,
+    since it holds the final answer the judge scored; the number dropped is recorded in
+    `extra_fields["ajet_dropped_samples"]` (a column of verl's batch) so it shows in the data.
+  - v1 (`trainer.use_v1`, what ajet's asynchronous mode selects) stores every AgentLoopOutput of a
+    call as its own trajectory, so every sample is returned and none is dropped.
+Each output carries `min_global_steps` / `max_global_steps`, the oldest and newest policy version
+among its sampled tokens: v1 reads them for its staleness metrics and breaks without them.
 
 Per process, not per call: verl instantiates an agent loop for every trajectory, so the proxy,
 engine, workflow class, judge and runners live in one `WorkerContext` per worker process.
@@ -206,60 +211,116 @@ class AjetAgentLoop(AgentLoopBase):
         super().__init__(*args, **kwargs)
         self.ajet_config = load_ajet_config(ajet_config_path)
 
-    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput | list[AgentLoopOutput]:
         context = worker_context(self.ajet_config, self.server_manager, self.tokenizer)
         task = task_from_extra_info(kwargs.get("extra_info"))
         group_id = str(kwargs.get("uid", task.task_id))
+        # v1 passes the repeat number (`session_id`); v0 does not, so count this group's episodes.
+        repeat_index = kwargs.get("session_id")
+        if repeat_index is None:
+            repeat_index = context.next_repeat_index(group_id)
         runner = context.runner_for(sampling_params)
-        result = await runner.run_episode(task, repeat_index=context.next_repeat_index(group_id))
+        result = await runner.run_episode(task, repeat_index=int(repeat_index))
         await context.record(result)
-        return episode_to_agent_loop_output(
+        outputs = episode_to_agent_loop_outputs(
             result,
             self.tokenizer,
             prompt_length=self.rollout_config.prompt_length,
             response_length=self.rollout_config.response_length,
+            keep_all=bool(self.config.trainer.get("use_v1", False)),
+            policy_version=context.engine.policy_version,
         )
+        return outputs if len(outputs) > 1 else outputs[0]
+
+
+def episode_to_agent_loop_outputs(
+    result: EpisodeResult,
+    tokenizer: Any,
+    *,
+    prompt_length: int,
+    response_length: int,
+    keep_all: bool,
+    policy_version: int = 0,
+) -> list[AgentLoopOutput]:
+    """The episode's samples as verl AgentLoopOutputs, each with the episode's reward as `reward_score`:
+    all of them with `keep_all` (verl's v1 worker), else only the last (v0; see the module docstring).
+
+    An episode without a trained token (the workflow failed before its first model call, or every
+    call overflowed) still has to fill its row: its first prompt and one padding token with
+    response_mask 0, so it adds nothing to the loss but keeps its reward (0) in the GRPO group. Its
+    versions are `policy_version`, the engine's current one.
+    """
+    samples = result.samples if keep_all else result.samples[-1:]
+    error = result.error or result.judge_error or ""
+    # Every output carries all of these keys: verl concatenates its workers' batches and needs the
+    # same non-tensor columns in each. turn_scores / tool_rewards are verl's own loops' columns.
+    common: dict[str, Any] = {
+        "turn_scores": [],
+        "tool_rewards": [],
+        "ajet_episode_id": result.episode_id,
+        "ajet_task_id": result.task_id,
+        "ajet_num_samples": len(result.samples),
+        "ajet_dropped_samples": len(result.samples) - len(samples),
+        "ajet_is_success": bool(result.is_success),
+        "ajet_error": error.splitlines()[0] if error else "",
+    }
+    if keep_all:
+        # v1 copies the last output's reward_extra_info onto the others of the call.
+        common["reward_extra_info"] = {}
+    outputs = [
+        _sample_output(sample, result, common, tokenizer, prompt_length=prompt_length, response_length=response_length)
+        for sample in samples
+    ]
+    if not outputs:
+        prompt_ids = _render_first_prompt(result.task, tokenizer)[-prompt_length:]
+        extra = dict(common, ajet_prompt_truncated=False, ajet_response_truncated=False,
+                     min_global_steps=int(policy_version), max_global_steps=int(policy_version))
+        outputs = [_agent_loop_output(result, prompt_ids, [pad_token_id(tokenizer)], [0], [0.0], float(result.reward), extra)]
+    return outputs
 
 
 def episode_to_agent_loop_output(
     result: EpisodeResult, tokenizer: Any, *, prompt_length: int, response_length: int
 ) -> AgentLoopOutput:
-    """The episode's last sample as verl's AgentLoopOutput, its reward as `reward_score`.
+    """The one AgentLoopOutput verl's v0 trainer takes for an episode: its last sample."""
+    (output,) = episode_to_agent_loop_outputs(
+        result, tokenizer, prompt_length=prompt_length, response_length=response_length, keep_all=False
+    )
+    return output
 
-    An episode without a trained token (the workflow failed before its first model call, or every
-    call overflowed) still has to fill its row: its first prompt and one padding token with
-    response_mask 0, so it adds nothing to the loss but keeps its reward (0) in the GRPO group.
-    """
-    samples = result.samples
-    error = result.error or result.judge_error or ""
-    # Every output carries all of these keys: verl concatenates its workers' batches and needs the
-    # same non-tensor columns in each. turn_scores / tool_rewards are verl's own loops' columns.
-    extra: dict[str, Any] = {
-        "turn_scores": [],
-        "tool_rewards": [],
-        "ajet_episode_id": result.episode_id,
-        "ajet_task_id": result.task_id,
-        "ajet_num_samples": len(samples),
-        "ajet_dropped_samples": max(0, len(samples) - 1),
-        "ajet_is_success": bool(result.is_success),
-        "ajet_error": error.splitlines()[0] if error else "",
-        "ajet_prompt_truncated": False,
-        "ajet_response_truncated": False,
-    }
-    if samples:
-        sample = samples[-1]
-        traj = split_sample(sample, prompt_length, response_length)
-        reward = float(sample.reward)
-        extra["ajet_prompt_truncated"] = traj.prompt_truncated
-        extra["ajet_response_truncated"] = traj.response_truncated
-        prompt_ids, response_ids = traj.prompt_ids, traj.response_ids
-        response_mask, response_logprobs = traj.response_mask, traj.response_logprobs
-    else:
-        reward = float(result.reward)
-        prompt_ids = _render_first_prompt(result.task, tokenizer)[-prompt_length:]
-        response_ids, response_mask, response_logprobs = [], [], []
+
+def _sample_output(
+    sample: Any,
+    result: EpisodeResult,
+    common: dict[str, Any],
+    tokenizer: Any,
+    *,
+    prompt_length: int,
+    response_length: int,
+) -> AgentLoopOutput:
+    traj = split_sample(sample, prompt_length, response_length)
+    extra = dict(
+        common,
+        ajet_prompt_truncated=traj.prompt_truncated,
+        ajet_response_truncated=traj.response_truncated,
+        min_global_steps=min(sample.versions, default=0),
+        max_global_steps=max(sample.versions, default=0),
+    )
+    response_ids, response_mask, response_logprobs = traj.response_ids, traj.response_mask, traj.response_logprobs
     if not response_ids:
         response_ids, response_mask, response_logprobs = [pad_token_id(tokenizer)], [0], [0.0]
+    return _agent_loop_output(result, traj.prompt_ids, response_ids, response_mask, response_logprobs, float(sample.reward), extra)
+
+
+def _agent_loop_output(
+    result: EpisodeResult,
+    prompt_ids: list[int],
+    response_ids: list[int],
+    response_mask: list[int],
+    response_logprobs: list[float],
+    reward: float,
+    extra: dict[str, Any],
+) -> AgentLoopOutput:
     return AgentLoopOutput(
         prompt_ids=prompt_ids,
         response_ids=response_ids,

@@ -200,9 +200,13 @@ def _schedule_keys(max_staleness: int, stale_policy: str) -> dict[str, Any]:
 
     Asynchronous (`trainer_common.async.max_staleness > 0`): verl 0.9.1 overlaps rollout and training
     only in its v1 trainer (`colocate_async`: rollout and FSDP share the GPUs, as in ajet's debug
-    backbone), whose replay buffer bounds staleness with the same two policies ajet has:
-    `max_off_policy_threshold` versions, `drop` or `wait`. The v1 trainer imports the separate
-    `transfer_queue` package (checked at launch).
+    backbone), whose replay buffer bounds staleness with the same two policies ajet has, `drop` or
+    `wait`. The v1 trainer imports the separate `TransferQueue` package (checked at launch).
+
+    verl counts the versions a group *spans*, (training step) - (step it was scheduled at) + 1, and
+    evicts a group whose span exceeds `max_off_policy_threshold`; ajet counts how many versions behind
+    the trainer a group is. A group `s` versions behind spans `s + 1`, hence the `+ 1` (a threshold of
+    `max_staleness` would drop groups ajet keeps, and a threshold of 1 is synchronous training).
     """
     if max_staleness == 0:
         return {"use_v1": False}
@@ -210,7 +214,7 @@ def _schedule_keys(max_staleness: int, stale_policy: str) -> dict[str, Any]:
         "use_v1": True,
         "v1": {
             "trainer_mode": "colocate_async",
-            "sampler": {"max_off_policy_threshold": max_staleness, "max_off_policy_strategy": stale_policy},
+            "sampler": {"max_off_policy_threshold": max_staleness + 1, "max_off_policy_strategy": stale_policy},
         },
     }
 

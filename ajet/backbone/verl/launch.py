@@ -35,8 +35,10 @@ VERL_REQUIREMENTS: dict[str, str] = {"verl": "verl==0.9.1", "vllm": "vllm==0.24.
 
 ASYNC_NEEDS_TRANSFER_QUEUE = (
     "ajet: trainer_common.async.max_staleness > 0 on the verl backbone runs verl's v1 asynchronous "
-    "trainer, which imports the `transfer_queue` package (verl 0.9.1 does not declare it). Install it "
-    "next to verl, or set ajet.trainer_common.async.max_staleness=0 for verl's synchronous trainer."
+    "trainer, which imports the `transfer_queue` module of the TransferQueue package (verl 0.9.1 lists "
+    "it only under its `verl-core` extra). Install it next to verl:\n"
+    '  pip install "TransferQueue>=0.1.10"    (or: pip install "ajet[verl]")\n'
+    "or set ajet.trainer_common.async.max_staleness=0 for verl's synchronous trainer."
 )
 
 
