@@ -3,7 +3,10 @@
 Both schedules run the same product code (`ajet.backbone.debug.TrainingLoop`) on the same toy task
 (ajet/testing/charset_task.py: a tiny character-level model learns to favour a set of characters).
 Episode lengths have a long tail: one task in `--tail-every` makes `--tail-turns` model calls, the
-rest make one. Reported per schedule, min/median/max over repeats:
+rest make one. Between two calls an episode waits `--tool-latency` seconds, as an agent waits on a
+tool; each latency is its own comparison (latency 0: every second is compute, so on one CPU the
+engine and the trainer compete; latency > 0: the tail is waiting, which overlapping can hide).
+Reported per schedule, min/median/max over repeats:
 
 - steps/hour over the whole run;
 - trainer idle time: seconds the trainer waited for judged groups (`timing/rollout_s`), total and
@@ -12,8 +15,8 @@ rest make one. Reported per schedule, min/median/max over repeats:
 - dropped groups, the staleness seen, and the mean model calls per trained episode (dropping stale
   groups drops long episodes first, which a steps/hour figure alone would hide).
 
-    python bench/async_vs_sync.py                      # CPU defaults, a few minutes
-    python bench/async_vs_sync.py --steps 20 --repeats 3 --staleness 1 2 --policies drop wait
+    python bench/async_vs_sync.py                      # CPU defaults, about 15 minutes
+    python bench/async_vs_sync.py --steps 20 --repeats 3 --staleness 1 2 --policies drop wait --tool-latency 0 0.5
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, fmt_stats, print_table, summarize, write_results  # noqa: E402
 
 
-def _config(root: Path, model_dir: Path, args: argparse.Namespace, max_staleness: int, policy: str):
+def _config(root: Path, model_dir: Path, args: argparse.Namespace, max_staleness: int, policy: str, latency: float):
     from ajet.config import load_config
     from ajet.testing.charset_task import write_prompts
 
     turns = [args.tail_turns if i % args.tail_every == 0 else 1 for i in range(args.tail_every)]
-    prompts = write_prompts(root / "prompts.jsonl", n=32, turns=turns)
+    prompts = write_prompts(root / "prompts.jsonl", n=32, turns=turns, tool_latency_s=latency)
     task = "ajet.testing.charset_task"
     conf = {
         "ajet": {
@@ -70,14 +73,14 @@ def _config(root: Path, model_dir: Path, args: argparse.Namespace, max_staleness
     return load_config(path, [])
 
 
-def run_once(args: argparse.Namespace, max_staleness: int, policy: str, repeat: int) -> dict[str, float]:
+def run_once(args: argparse.Namespace, max_staleness: int, policy: str, latency: float, repeat: int) -> dict[str, float]:
     from ajet.backbone.debug import TrainingLoop
     from ajet.testing.charset_task import build_char_model
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir = build_char_model(root / "model", seed=repeat)
-        cfg = _config(root, model_dir, args, max_staleness, policy)
+        cfg = _config(root, model_dir, args, max_staleness, policy, latency)
         loop = TrainingLoop(cfg, root / "run")
         t0 = time.perf_counter()
         asyncio.run(loop.run())
@@ -109,34 +112,36 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=12, help="new tokens per model call")
     parser.add_argument("--tail-every", type=int, default=4, help="one task in N is long")
     parser.add_argument("--tail-turns", type=int, default=6, help="model calls of a long task")
+    parser.add_argument("--tool-latency", type=float, nargs="+", default=[0.0, 1.0],
+                        help="seconds an episode waits between two model calls (a simulated tool call)")
     parser.add_argument("--lr", type=float, default=6e-3)
     args = parser.parse_args()
 
     schedules = [(0, "drop")] + [(s, p) for s in args.staleness if s > 0 for p in args.policies]
     results: dict[str, dict[str, dict[str, float]]] = {}
     raw: dict[str, list[dict[str, float]]] = {}
-    for s, policy in schedules:
-        name = "sync" if s == 0 else f"async s={s} {policy}"
-        runs = [run_once(args, s, policy, r) for r in range(args.repeats)]
-        raw[name] = runs
-        results[name] = {k: summarize([run[k] for run in runs]) for k in runs[0]}
-
-    base = results["sync"]["steps_per_hour"]["median"]
     rows = []
-    for name, r in results.items():
-        rows.append(
-            [
-                name,
-                fmt_stats(r["steps_per_hour"], 0),
-                f"{r['steps_per_hour']['median'] / base:.2f}x",
-                fmt_stats(r["trainer_idle_s"], 1),
-                f"{100 * r['trainer_idle_share']['median']:.0f}%",
-                fmt_stats(r["final_reward"], 3),
-                f"{r['dropped_groups']['median']:.0f}",
-                f"{r['max_staleness_seen']['max']:.0f}",
-                f"{r['turns_mean']['median']:.2f}",
-            ]
-        )
+    for latency in args.tool_latency:
+        base = None
+        for s, policy in schedules:
+            name = ("sync" if s == 0 else f"async s={s} {policy}") + f", tool {latency:g}s"
+            runs = [run_once(args, s, policy, latency, r) for r in range(args.repeats)]
+            raw[name] = runs
+            r = results[name] = {k: summarize([run[k] for run in runs]) for k in runs[0]}
+            base = base or r["steps_per_hour"]["median"]  # sync comes first at each latency
+            rows.append(
+                [
+                    name,
+                    fmt_stats(r["steps_per_hour"], 0),
+                    f"{r['steps_per_hour']['median'] / base:.2f}x",
+                    fmt_stats(r["trainer_idle_s"], 1),
+                    f"{100 * r['trainer_idle_share']['median']:.0f}%",
+                    fmt_stats(r["final_reward"], 3),
+                    f"{r['dropped_groups']['median']:.0f}",
+                    f"{r['max_staleness_seen']['max']:.0f}",
+                    f"{r['turns_mean']['median']:.2f}",
+                ]
+            )
     print_table(
         f"async vs sync, {args.steps} steps, {args.batch}x{args.group} episodes/step, long tail {args.tail_turns} calls in 1/{args.tail_every}",
         ["schedule", "steps/hour", "vs sync", "idle s", "idle %", "final reward", "dropped", "stale max", "turns/ep"],

@@ -8,6 +8,7 @@ episodes differ within a group, so GRPO has a signal from the first step.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import string
 from pathlib import Path
@@ -76,11 +77,17 @@ def build_char_model(directory: Path, *, seed: int = 0) -> Path:
     return directory
 
 
-def write_prompts(path: Path, n: int = 16, turns: list[int] | None = None) -> Path:
-    """A JSONL task file; `turns[i % len(turns)]` model calls for task i (default one each)."""
+def write_prompts(path: Path, n: int = 16, turns: list[int] | None = None, tool_latency_s: float = 0.0) -> Path:
+    """A JSONL task file; `turns[i % len(turns)]` model calls for task i (default one each), with a
+    simulated tool call of `tool_latency_s` seconds between consecutive calls."""
     turns = turns or [1]
     rows = [
-        {"question": f"Write something, please ({i}).", "answer": "#### 0", "turns": turns[i % len(turns)]}
+        {
+            "question": f"Write something, please ({i}).",
+            "answer": "#### 0",
+            "turns": turns[i % len(turns)],
+            "tool_latency_s": tool_latency_s,
+        }
         for i in range(n)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -91,15 +98,19 @@ class CharSetWorkflow(Workflow):
     """Chat through the OpenAI SDK client; the judge scores the last reply.
 
     A task whose metadata has `turns: N` makes N calls, feeding each reply back with a user "more"
-    turn: that gives the asynchronous-training benchmark its long-tailed episode lengths.
+    turn: that gives the asynchronous-training benchmark its long-tailed episode lengths. Between
+    calls it waits `tool_latency_s` seconds, as an agent waits on a tool (a sandbox, a search API):
+    time that uses no CPU, which is where overlapping rollouts with training pays even on one machine.
     """
 
     async def execute(self, workflow_task, tuner):
         client = tuner.as_raw_openai_sdk_client()
+        metadata = workflow_task.task.metadata
         messages = [{"role": "user", "content": workflow_task.task.main_query}]
         text = ""
-        for turn in range(int(workflow_task.task.metadata.get("turns", 1))):
+        for turn in range(int(metadata.get("turns", 1))):
             if turn:
+                await asyncio.sleep(float(metadata.get("tool_latency_s", 0.0)))
                 messages += [{"role": "assistant", "content": text}, {"role": "user", "content": "more"}]
             reply = await client.chat.completions.create(model="ajet", messages=messages)
             text = reply.choices[0].message.content or ""
