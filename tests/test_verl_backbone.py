@@ -152,7 +152,6 @@ def test_translation_rejects_a_batch_verl_cannot_split():
 
 def test_translation_composes_with_verl_defaults_in_struct_mode():
     from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError
     from verl.trainer.config import AlgoConfig
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.config import RolloutConfig
@@ -171,7 +170,10 @@ def test_translation_composes_with_verl_defaults_in_struct_mode():
     assert OmegaConf.select(composed, "trainer.use_v1") is False
 
     cfg.verl = {"trainer": {"no_such_verl_key": 1}}
-    with pytest.raises(ConfigKeyError):
+    with pytest.raises(VerlConfigError, match=r"ajet\.verl\.trainer\.no_such_verl_key: verl 0\.9\.1 has no such setting"):
+        compose_verl_config(translate_config(cfg))
+    cfg.verl = {"actor_rollout_ref": {"rollout": {"temprature": 0.5}}}
+    with pytest.raises(VerlConfigError, match=r"Did you mean `actor_rollout_ref\.rollout\.temperature`"):
         compose_verl_config(translate_config(cfg))
 
 
@@ -722,6 +724,7 @@ def test_verl_on_a_machine_without_gpus_says_so_instead_of_waiting(capsys, monke
     assert code == launch.EXIT_NO_GPU
     err = capsys.readouterr().err
     assert "needs 2 NVIDIA GPU(s)" in err and "found 0" in err
+    assert "n_gpus_per_node=0" in err  # the way to run verl on this machine anyway
     # joining a cluster: its GPUs may live on other nodes, so no local check
     assert launch.gpu_problem(2, environ={"RAY_ADDRESS": "head:6379"}) is None
 

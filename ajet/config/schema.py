@@ -255,7 +255,7 @@ LoggerName = Literal["console", "jsonl", "swanlab"]
 
 class TrainerCommonConfig(Section):
     total_epochs: PositiveInt
-    n_gpus_per_node: PositiveInt
+    n_gpus_per_node: NonNegativeInt  # 0: verl backbone on the CPU
     nnodes: PositiveInt
     total_training_steps: PositiveInt | None
     save_freq: NonNegativeInt

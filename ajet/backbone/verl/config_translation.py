@@ -16,9 +16,12 @@ Unit conventions verl uses that differ from ajet's (the reason most keys are not
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ajet.config.errors import ConfigError
 
 # The name our agent loop is registered under in verl (see ajet.backbone.verl.agent_loop).
 AGENT_LOOP_NAME = "ajet_agent"
@@ -34,8 +37,8 @@ _SAVE_ONLY_AT_END = 10**9
 _NO_UPPER_RATIO = 1e9
 
 
-class VerlConfigError(ValueError):
-    """An ajet setting that has no faithful verl equivalent."""
+class VerlConfigError(ConfigError):
+    """An ajet setting that has no faithful verl equivalent, or an `ajet.verl:` key verl lacks."""
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,7 +195,51 @@ def translate_config(
         },
         "trainer": trainer,
     }
+    if t.n_gpus_per_node == 0:
+        if lora.lora_rank > 0:
+            raise VerlConfigError(
+                "ajet.lora.lora_rank > 0 with ajet.trainer_common.n_gpus_per_node=0: the CPU rollout "
+                "engine syncs full weights only; set lora.lora_rank=0 or run on GPUs"
+            )
+        translated = deep_merge(translated, cpu_keys())
     return deep_merge(translated, dict(cfg.verl or {}))
+
+
+def cpu_keys() -> dict[str, Any]:
+    """verl settings for `trainer_common.n_gpus_per_node: 0`: verl's trainer on the CPU.
+
+    The launcher adds verl's "cpu" platform (ajet.backbone.verl.cpu_platform) and the "hf" rollout
+    backend (ajet.backbone.verl.hf_rollout); these keys pick what works there:
+    - one logical GPU per node (what the launcher declares to Ray; see cpu_platform);
+    - FSDP2 computing in float32 (verl's mixed precision defaults to bf16 parameters): FSDP1's
+      `sync_module_states` needs a GPU, and the hf engine samples in float32, so the trainer's
+      logprobs match the rollout's instead of differing by bf16 rounding;
+    - `sdpa` attention without remove-padding: verl's defaults need FlashAttention-2 kernels;
+    - one agent-loop and one reward worker, no dataloader workers: each is a process importing
+      torch and verl, which on a few cores costs more than it parallelises.
+    """
+    fp32 = "fp32"
+    fsdp_fp32 = {
+        "strategy": "fsdp2",
+        "use_torch_compile": False,
+        "dtype": "float32",
+        "mixed_precision": {"param_dtype": fp32, "reduce_dtype": fp32, "buffer_dtype": fp32},
+    }
+    return {
+        "trainer": {"device": "cpu", "n_gpus_per_node": 1},
+        "data": {"dataloader_num_workers": 0},
+        "reward": {"num_workers": 1},
+        "actor_rollout_ref": {
+            "model": {
+                "use_remove_padding": False,
+                "enable_gradient_checkpointing": False,
+                "override_config": {"attn_implementation": "sdpa"},
+            },
+            "actor": {"strategy": "fsdp2", "use_torch_compile": False, "fsdp_config": fsdp_fp32},
+            "ref": {"strategy": "fsdp2", "use_torch_compile": False, "fsdp_config": fsdp_fp32},
+            "rollout": {"name": "hf", "free_cache_engine": False, "agent": {"num_workers": 1}},
+        },
+    }
 
 
 def _schedule_keys(max_staleness: int, stale_policy: str) -> dict[str, Any]:
@@ -246,16 +293,70 @@ def _resume_keys(resume: str) -> dict[str, Any]:
 def compose_verl_config(translated: Mapping[str, Any]) -> Any:
     """verl's `ppo_trainer` defaults (via Hydra, as `python -m verl.trainer.main_ppo` builds them)
     with `translated` merged on top in struct mode: an unknown key raises instead of being dropped.
+    verl's empty mappings (`model.override_config`, `rollout.engine_kwargs.vllm`, ...) are free-form
+    (verl's own command line fills them with `+key=value`), so they accept any key; and a section
+    instantiated as a verl dataclass (`_target_`) also accepts the fields of that dataclass that
+    verl's YAML leaves out and that default to None (e.g. `fsdp_config.mixed_precision`).
 
     Returns an OmegaConf DictConfig. Needs verl installed.
     """
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError
 
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_module(config_module="verl.trainer.config", version_base=None):
         base = compose(config_name="ppo_trainer")
     OmegaConf.set_struct(base, True)
-    return OmegaConf.merge(base, OmegaConf.create(dict(translated)))
+    _admit_settable_keys(base)
+    try:
+        return OmegaConf.merge(base, OmegaConf.create(dict(translated)))
+    except ConfigKeyError as exc:
+        raise VerlConfigError(_unknown_key_message(base, exc.full_key), key=f"ajet.verl.{exc.full_key}") from None
+
+
+def _unknown_key_message(base: Any, full_key: str) -> str:
+    from omegaconf import OmegaConf
+
+    parent_path, _, name = full_key.rpartition(".")
+    parent = OmegaConf.select(base, parent_path) if parent_path else base
+    siblings = [str(k) for k in parent] if parent is not None and hasattr(parent, "keys") else []
+    close = difflib.get_close_matches(name, siblings, n=1)
+    hint = f" Did you mean `{parent_path + '.' if parent_path else ''}{close[0]}`?" if close else ""
+    return (
+        f"ajet.verl.{full_key}: verl 0.9.1 has no such setting.{hint} Keys under `ajet.verl:` are merged "
+        "onto verl's ppo_trainer config (see the verl_config.yaml a run writes for every key)."
+    )
+
+
+def _admit_settable_keys(node: Any) -> None:
+    """Open verl's free-form mappings and add (as null) the dataclass fields its YAML omits; see
+    compose_verl_config. Everything else stays closed, so a misspelt key still fails."""
+    import dataclasses
+
+    from hydra.utils import get_class
+    from omegaconf import DictConfig, OmegaConf, open_dict
+
+    target = node.get("_target_") if "_target_" in node and not OmegaConf.is_interpolation(node, "_target_") else None
+    if isinstance(target, str):
+        try:
+            cls = get_class(target)
+        except Exception:  # noqa: BLE001 - a target that does not import adds nothing here
+            cls = None
+        if cls is not None and dataclasses.is_dataclass(cls):
+            with open_dict(node):
+                for field in dataclasses.fields(cls):
+                    # Only fields whose default is None: adding them as null changes nothing verl builds.
+                    if field.init and field.default is None and field.name not in node:
+                        node[field.name] = None
+    for key in node:
+        if OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
+            continue
+        child = node[key]
+        if isinstance(child, DictConfig):
+            if len(child) == 0:
+                OmegaConf.set_struct(child, False)
+            else:
+                _admit_settable_keys(child)

@@ -1,7 +1,8 @@
 """`--backbone=verl`: the same YAML, workflow and judge, trained by verl's GRPO over Ray and vLLM.
 
 run(cfg, launch_args):
-  1. checks that verl, vllm and ray import (else says how to install them and returns 2);
+  1. checks that verl, vllm and ray import (else says how to install them and returns 2; vllm is
+     not needed with `n_gpus_per_node: 0`, verl's trainer on the CPU with ajet's hf engine);
   2. writes the run directory: tasks as parquet (the form verl's RLHFDataset reads, each row's Task
      in `extra_info.ajet_task`), the effective ajet config, the agent-loop registry YAML, and the
      composed verl config it is about to run;
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_MISSING_DEPENDENCIES = 2
 EXIT_NO_GPU = 3
+CPU_RUN_RAY_CPUS = 8
 
 # What `pip install "ajet[verl]"` installs, and what those pin in turn (verl 0.9.1's `vllm` extra:
 # vllm 0.24.0 with torch 2.11.0 and transformers 5.9.0). vLLM needs an NVIDIA GPU with CUDA.
@@ -42,9 +44,10 @@ ASYNC_NEEDS_TRANSFER_QUEUE = (
 )
 
 
-def missing_dependencies(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> list[str]:
-    """The modules of the verl extra that cannot be imported here, sorted."""
-    return sorted(name for name in VERL_REQUIREMENTS if find_spec(name) is None)
+def missing_dependencies(find_spec: Callable[[str], Any] = importlib.util.find_spec, *, on_cpu: bool = False) -> list[str]:
+    """The modules of the verl extra that cannot be imported here, sorted (vLLM is not used on the CPU)."""
+    needed = [name for name in VERL_REQUIREMENTS if not (on_cpu and name == "vllm")]
+    return sorted(name for name in needed if find_spec(name) is None)
 
 
 def install_message(missing: Sequence[str]) -> str:
@@ -53,7 +56,9 @@ def install_message(missing: Sequence[str]) -> str:
         '  pip install "ajet[verl]"\n'
         f"installs {', '.join(VERL_REQUIREMENTS.values())} (verl 0.9.1's vllm extra pins vllm 0.24.0 with "
         "torch 2.11.0 and transformers 5.9.0; vLLM needs a Linux machine with NVIDIA GPUs and CUDA).\n"
-        "Without a GPU, use --backbone=debug: same YAML, workflow and judge, one process."
+        "Without a GPU, use --backbone=debug (same YAML, workflow and judge, one process), or\n"
+        '  pip install "ajet[verl-cpu]"\n'
+        "and ajet.trainer_common.n_gpus_per_node=0 to run verl's trainer on the CPU without vLLM."
     )
 
 
@@ -73,8 +78,30 @@ def gpu_problem(n_gpus_per_node: int, environ: Any = None) -> str | None:
     return (
         f"--backbone=verl needs {n_gpus_per_node} NVIDIA GPU(s) on this node "
         f"(ajet.trainer_common.n_gpus_per_node) and found {found}. Set RAY_ADDRESS to join a GPU "
-        "cluster, lower n_gpus_per_node, or use --backbone=debug on this machine."
+        "cluster, lower n_gpus_per_node, set ajet.trainer_common.n_gpus_per_node=0 to run verl's "
+        "trainer on the CPU (small models, slow: for checking a setup), or use --backbone=debug."
     )
+
+
+# Modules every verl process imports (verl imports what VERL_USE_EXTERNAL_MODULES lists on `import verl`).
+VERL_MODULES = ["ajet.backbone.verl.compat"]
+VERL_CPU_MODULES = ["ajet.backbone.verl.cpu_platform", "ajet.backbone.verl.hf_rollout"]
+
+
+def verl_process_env(on_cpu: bool, run_id: str) -> dict[str, str]:
+    """Environment variables for the driver and every Ray worker of a verl run."""
+    from ajet.backbone.verl.hf_rollout import RUN_ID_ENV
+
+    env = {"VERL_USE_EXTERNAL_MODULES": ",".join(VERL_MODULES + (VERL_CPU_MODULES if on_cpu else []))}
+    if on_cpu:
+        env.update(
+            VERL_PLATFORM="cpu",
+            # verl registers its FSDP engine for the devices "cuda" and "npu" only; nothing in the
+            # code paths the CPU platform serves is CUDA-specific, so the CPU run uses that engine.
+            VERL_ENGINE_DEVICE="cuda",
+        )
+        env[RUN_ID_ENV] = run_id
+    return env
 
 
 def write_tasks_parquet(tasks: Sequence[Any], path: str | Path) -> Path:
@@ -160,17 +187,22 @@ def prepare_run(cfg: Any, experiment_dir: Path, *, with_logview: bool = False) -
 
 def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importlib.util.find_spec) -> int:
     """Train `cfg` on verl; returns the process exit code."""
-    missing = missing_dependencies(find_spec)
+    on_cpu = cfg.trainer_common.n_gpus_per_node == 0
+    missing = missing_dependencies(find_spec, on_cpu=on_cpu)
     if missing:
         print(install_message(missing), file=sys.stderr)
         return EXIT_MISSING_DEPENDENCIES
     if cfg.trainer_common.async_.max_staleness > 0 and find_spec("transfer_queue") is None:
         print(ASYNC_NEEDS_TRANSFER_QUEUE, file=sys.stderr)
         return EXIT_MISSING_DEPENDENCIES
-    problem = gpu_problem(cfg.trainer_common.n_gpus_per_node)
+    problem = None if on_cpu else gpu_problem(cfg.trainer_common.n_gpus_per_node)
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_NO_GPU
+    process_env = verl_process_env(on_cpu, run_id=f"{os.getpid()}")
+    os.environ.update(process_env)
+    for module in process_env["VERL_USE_EXTERNAL_MODULES"].split(","):
+        importlib.import_module(module)  # in this process too, in case verl was imported before
 
     from omegaconf import OmegaConf
     from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
@@ -193,13 +225,16 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
         use_critic=need_critic(verl_config),
     )
     runtime_env = OmegaConf.to_container(OmegaConf.create(get_ppo_ray_runtime_env(verl_config)))
-    runtime_env.setdefault("env_vars", {}).update(env_vars)
+    runtime_env.setdefault("env_vars", {}).update({**env_vars, **process_env})
     logger.info("verl backbone: run directory %s", experiment_dir)
     if verl_config.trainer.use_v1:
         from verl.trainer.main_ppo import TaskRunnerV1 as TaskRunner
     else:
         from verl.trainer.main_ppo_v0 import TaskRunner
-    with ray_session(runtime_env=runtime_env, namespace="ajet"):
+    # On the CPU, Ray gets one logical GPU (verl's placement groups ask for GPU bundles) and at least
+    # CPU_RUN_RAY_CPUS logical CPUs: verl starts about six single-CPU actors, more than a laptop has cores.
+    resources = {"num_gpus": 1, "num_cpus": max(os.cpu_count() or 1, CPU_RUN_RAY_CPUS)} if on_cpu else {}
+    with ray_session(runtime_env=runtime_env, namespace="ajet", **resources):
         run_ppo(verl_config, task_runner_class=TaskRunner)
     return 0
 
