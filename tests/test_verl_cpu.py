@@ -158,16 +158,14 @@ class AskOnce(Workflow):
 '''
 
 
-def test_two_grpo_steps_of_verls_trainer_on_the_cpu(tmp_path):
-    """`ajet --backbone=verl` with n_gpus_per_node=0: verl's RayPPOTrainer, its agent-loop workers
-    running ajet's workflow through the proxy, GRPO, an FSDP2 update with a KL reference, weight
-    sync to the rollout server and a checkpoint. The rollout's logprobs must equal the trainer's at
-    both steps: at step 2 only if the updated weights reached the rollout server (without the sync
-    the gap measured 0.07 per token)."""
+def _run_ajet_on_verl_cpu(tmp_path: Path, **trainer_common) -> list[dict]:
+    """Run `python -m ajet --backbone=verl` on 4 tasks (2 steps of 2 tasks x 2 episodes) with a
+    tiny random Qwen2; returns the per-step metrics verl logged."""
+    import yaml
+
     (tmp_path / "wf.py").write_text(WORKFLOW)
     rows = [("What is 1+1?", 2), ("What is 2+3?", 5), ("What is 4+4?", 8), ("What is 3+6?", 9)]
     (tmp_path / "tasks.jsonl").write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in rows))
-    run_dir = tmp_path / "run"
     conf = {
         "ajet": {
             "project_name": "verl_cpu",
@@ -185,20 +183,17 @@ def test_two_grpo_steps_of_verls_trainer_on_the_cpu(tmp_path):
             "model": {"path": "builtin:tiny-qwen2-random"},
             "data": {"train_batch_size": 2, "max_prompt_length": 128, "max_response_length": 16, "shuffle": False},
             "trainer_common": {
-                "experiment_dir": str(run_dir),
+                "experiment_dir": str(tmp_path / "run"),
                 "resume": "never",
                 "n_gpus_per_node": 0,
                 "total_training_steps": 2,
-                "save_freq": 0,
                 "micro_batch_size": 2,
-                "use_kl_loss": True,
                 "logger": ["console", "jsonl"],
                 "optim": {"lr": 0.01},
+                **trainer_common,
             },
         }
     }
-    import yaml
-
     (tmp_path / "conf.yaml").write_text(yaml.safe_dump(conf))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
@@ -206,13 +201,35 @@ def test_two_grpo_steps_of_verls_trainer_on_the_cpu(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    return [step.get("data", step) for step in steps]
 
-    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [s.get("data", s) for s in steps]
+
+def test_two_grpo_steps_of_verls_trainer_on_the_cpu(tmp_path):
+    """`ajet --backbone=verl` with n_gpus_per_node=0: verl's RayPPOTrainer, its agent-loop workers
+    running ajet's workflow through the proxy, GRPO, an FSDP2 update with a KL reference, weight
+    sync to the rollout server and a checkpoint. The rollout's logprobs must equal the trainer's at
+    both steps: at step 2 only if the updated weights reached the rollout server (without the sync
+    the gap measured 0.07 per token)."""
+    steps = _run_ajet_on_verl_cpu(tmp_path, use_kl_loss=True, save_freq=0)
     assert [s["training/global_step"] for s in steps] == [1, 2]
     for s in steps:
         assert s["actor/grad_norm"] > 0  # a real backward pass
         assert s["critic/advantages/max"] > 0  # rewards differed within a GRPO group
         assert s["rollout_corr/log_ppl_abs_diff"] < 1e-3  # rollout logprobs == trainer logprobs
     assert steps[1]["actor/kl_loss"] > 0  # the policy moved away from the reference after step 1
-    assert (run_dir / "checkpoints" / "global_step_2" / "actor").is_dir()
+    assert (tmp_path / "run" / "checkpoints" / "global_step_2" / "actor").is_dir()
+
+
+def test_verls_asynchronous_trainer_on_the_cpu_trains_a_group_one_version_stale(tmp_path):
+    """max_staleness=1 runs verl's v1 trainer (colocate_async, TransferQueue): the second step's
+    groups were sampled while the first step trained, so they are one version behind; verl reads
+    that from the version tags ajet's agent loop attaches, and the rollout/trainer logprob gap that
+    staleness causes is what its rollout correction sees."""
+    steps = _run_ajet_on_verl_cpu(tmp_path, save_freq=0, **{"async": {"max_staleness": 1}})
+    assert [s["training/global_step"] for s in steps] == [1, 2]
+    assert all(s["actor/grad_norm"] > 0 for s in steps)
+    assert steps[0]["training/off_policy/trajectory_staleness/max"] == 0
+    assert steps[0]["rollout_corr/log_ppl_abs_diff"] < 1e-3  # on-policy: same weights, same logprobs
+    assert steps[1]["training/off_policy/trajectory_staleness/max"] == 1  # overlapped, within the bound
+    assert steps[1]["rollout_corr/log_ppl_abs_diff"] > 1e-3  # sampled by the previous policy

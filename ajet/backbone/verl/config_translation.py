@@ -215,8 +215,9 @@ def cpu_keys() -> dict[str, Any]:
       `sync_module_states` needs a GPU, and the hf engine samples in float32, so the trainer's
       logprobs match the rollout's instead of differing by bf16 rounding;
     - `sdpa` attention without remove-padding: verl's defaults need FlashAttention-2 kernels;
-    - one agent-loop and one reward worker, no dataloader workers: each is a process importing
-      torch and verl, which on a few cores costs more than it parallelises.
+    - one agent-loop worker, one reward worker, one TransferQueue storage unit and no dataloader
+      workers: each is a process importing torch and verl, which on a few cores costs more than it
+      parallelises.
     """
     fp32 = "fp32"
     fsdp_fp32 = {
@@ -229,6 +230,9 @@ def cpu_keys() -> dict[str, Any]:
         "trainer": {"device": "cpu", "n_gpus_per_node": 1},
         "data": {"dataloader_num_workers": 0},
         "reward": {"num_workers": 1},
+        # verl's v1 (asynchronous) trainer stores rollouts in TransferQueue, whose default is 8
+        # storage actors of one CPU each; one is plenty for what fits on a CPU.
+        "transfer_queue": {"backend": {"SimpleStorage": {"num_data_storage_units": 1}}},
         "actor_rollout_ref": {
             "model": {
                 "use_remove_padding": False,

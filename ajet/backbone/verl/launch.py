@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_MISSING_DEPENDENCIES = 2
 EXIT_NO_GPU = 3
-CPU_RUN_RAY_CPUS = 8
+CPU_RUN_RAY_CPUS = 16
 
 # What `pip install "ajet[verl]"` installs, and what those pin in turn (verl 0.9.1's `vllm` extra:
 # vllm 0.24.0 with torch 2.11.0 and transformers 5.9.0). vLLM needs an NVIDIA GPU with CUDA.
@@ -232,7 +232,8 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     else:
         from verl.trainer.main_ppo_v0 import TaskRunner
     # On the CPU, Ray gets one logical GPU (verl's placement groups ask for GPU bundles) and at least
-    # CPU_RUN_RAY_CPUS logical CPUs: verl starts about six single-CPU actors, more than a laptop has cores.
+    # CPU_RUN_RAY_CPUS logical CPUs: verl starts six to ten one-CPU actors (more with the v1 trainer's
+    # TransferQueue), more than a laptop has cores; a placement group Ray cannot fill would hang the run.
     resources = {"num_gpus": 1, "num_cpus": max(os.cpu_count() or 1, CPU_RUN_RAY_CPUS)} if on_cpu else {}
     with ray_session(runtime_env=runtime_env, namespace="ajet", **resources):
         run_ppo(verl_config, task_runner_class=TaskRunner)
