@@ -73,6 +73,17 @@ def test_ajet_verl_may_fill_verls_free_form_mappings_and_omitted_dataclass_field
         compose_verl_config(translate_config(cfg))
 
 
+def test_verl_processes_load_ajets_modules_next_to_the_users():
+    from ajet.backbone.verl.launch import verl_process_env
+
+    gpu = verl_process_env(False, "7", environ={"VERL_USE_EXTERNAL_MODULES": "my_plugin"})
+    assert gpu == {"VERL_USE_EXTERNAL_MODULES": "my_plugin,ajet.backbone.verl.compat"}
+    cpu = verl_process_env(True, "7", environ={})
+    assert cpu["VERL_USE_EXTERNAL_MODULES"].split(",") == [
+        "ajet.backbone.verl.compat", "ajet.backbone.verl.cpu_platform", "ajet.backbone.verl.hf_rollout"]
+    assert cpu["VERL_PLATFORM"] == "cpu" and cpu["AJET_RUN_ID"] == "7"
+
+
 # -- TRL next to verl -------------------------------------------------------------------------------
 
 
