@@ -734,6 +734,30 @@ def _write_gsm8k_like(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
+def test_swanlab_through_verl_logs_offline_into_the_run_directory(tmp_path, monkeypatch):
+    from ajet.backbone.verl.launch import prepare_run
+
+    monkeypatch.delenv("SWANLAB_MODE", raising=False)
+    data = _write_gsm8k_like(tmp_path / "train.jsonl", [("1+1?", "2")])
+    cfg = math_cfg("task_reader.type=dataset_file", f"task_reader.dataset_file.training.file_path={data}",
+                   "trainer_common.logger=[jsonl,swanlab]", "trainer_common.swanlab_mode=offline")
+    _, env_vars = prepare_run(cfg, tmp_path / "run")
+    assert env_vars["SWANLAB_MODE"] == "offline"  # verl's own default, cloud, needs credentials
+    assert env_vars["SWANLAB_LOG_DIR"] == str(tmp_path / "run" / "swanlog")
+    monkeypatch.setenv("SWANLAB_MODE", "disabled")  # the user's environment wins
+    assert prepare_run(cfg, tmp_path / "run")[1]["SWANLAB_MODE"] == "disabled"
+
+
+def test_a_resumed_run_keeps_the_metrics_logged_before_it(tmp_path):
+    from ajet.backbone.verl.launch import metrics_path
+
+    assert metrics_path(tmp_path) == tmp_path / "metrics.jsonl"
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert metrics_path(tmp_path) == tmp_path / "metrics.resume1.jsonl"
+    (tmp_path / "metrics.resume1.jsonl").write_text('{"step": 2}\n')
+    assert metrics_path(tmp_path) == tmp_path / "metrics.resume2.jsonl"
+
+
 def test_prepare_run_writes_what_verl_reads(tmp_path):
     """The run directory: parquet rows verl's RLHFDataset yields with our Task inside, the agent-loop
     YAML that hydra turns into AjetAgentLoop (as verl's worker does), and a config verl validates."""

@@ -118,7 +118,7 @@ class SwanlabBackend:
         import swanlab
 
         self._swanlab = swanlab
-        self.mode = _swanlab_mode() if mode == "auto" else mode
+        self.mode = resolve_swanlab_mode(mode)
         self.log_dir = run_dir / SWANLAB_DIRNAME
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.run = swanlab.init(
@@ -144,6 +144,11 @@ def _configured_swanlab_mode(config_dict: Mapping[str, Any] | None) -> str:
     config = config.get("ajet", config)
     trainer_common = config.get("trainer_common") or {}
     return str(trainer_common.get("swanlab_mode") or "auto") if isinstance(trainer_common, Mapping) else "auto"
+
+
+def resolve_swanlab_mode(configured: str = "auto") -> str:
+    """`trainer_common.swanlab_mode` as SwanLab takes it: `auto` is online with credentials, else offline."""
+    return _swanlab_mode() if configured == "auto" else configured
 
 
 def _swanlab_mode() -> str:

@@ -182,11 +182,30 @@ def prepare_run(cfg: Any, experiment_dir: Path, *, with_logview: bool = False) -
         CONFIG_PATH_ENV: str(config_path),
         # Workflows are imported by dotted name from the launch directory, in every worker.
         "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p),
-        "VERL_FILE_LOGGER_PATH": str(experiment_dir / "metrics.jsonl"),
+        "VERL_FILE_LOGGER_PATH": str(metrics_path(experiment_dir)),
     }
     if with_logview:
         env_vars[LOGVIEW_DIR_ENV] = str(experiment_dir / "logview")
+    if "swanlab" in cfg.trainer_common.logger:
+        from ajet.logging.metrics import SWANLAB_DIRNAME, resolve_swanlab_mode
+
+        # verl's SwanLab tracking reads these; its own default is cloud mode into ./swanlog, which
+        # fails without credentials. Same mode and place as the debug backbone.
+        env_vars["SWANLAB_LOG_DIR"] = str(experiment_dir / SWANLAB_DIRNAME)
+        env_vars["SWANLAB_MODE"] = os.environ.get("SWANLAB_MODE") or resolve_swanlab_mode(cfg.trainer_common.swanlab_mode)
     return verl_config, env_vars
+
+
+def metrics_path(experiment_dir: Path) -> Path:
+    """Where this launch's per-step metrics go: `metrics.jsonl`, or `metrics.resume<N>.jsonl` when
+    earlier launches in this run directory (a resumed run) wrote theirs. verl's file logger opens
+    its file for writing, so reusing the name would erase the steps logged before the resume."""
+    path = experiment_dir / "metrics.jsonl"
+    n = 0
+    while path.exists():
+        n += 1
+        path = experiment_dir / f"metrics.resume{n}.jsonl"
+    return path
 
 
 def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importlib.util.find_spec) -> int:
