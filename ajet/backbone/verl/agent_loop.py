@@ -248,7 +248,8 @@ def episode_to_agent_loop_outputs(
     An episode without a trained token (the workflow failed before its first model call, or every
     call overflowed) still has to fill its row: its first prompt and one padding token with
     response_mask 0, so it adds nothing to the loss but keeps its reward (0) in the GRPO group. Its
-    versions are `policy_version`, the engine's current one.
+    versions (like those of a sample without sampled tokens) are `policy_version`, the engine's
+    current one.
     """
     samples = result.samples if keep_all else result.samples[-1:]
     error = result.error or result.judge_error or ""
@@ -268,7 +269,8 @@ def episode_to_agent_loop_outputs(
         # v1 copies the last output's reward_extra_info onto the others of the call.
         common["reward_extra_info"] = {}
     outputs = [
-        _sample_output(sample, result, common, tokenizer, prompt_length=prompt_length, response_length=response_length)
+        _sample_output(sample, result, common, tokenizer, prompt_length=prompt_length,
+                       response_length=response_length, policy_version=policy_version)
         for sample in samples
     ]
     if not outputs:
@@ -297,14 +299,15 @@ def _sample_output(
     *,
     prompt_length: int,
     response_length: int,
+    policy_version: int,
 ) -> AgentLoopOutput:
     traj = split_sample(sample, prompt_length, response_length)
     extra = dict(
         common,
         ajet_prompt_truncated=traj.prompt_truncated,
         ajet_response_truncated=traj.response_truncated,
-        min_global_steps=min(sample.versions, default=0),
-        max_global_steps=max(sample.versions, default=0),
+        min_global_steps=min(sample.versions, default=int(policy_version)),
+        max_global_steps=max(sample.versions, default=int(policy_version)),
     )
     response_ids, response_mask, response_logprobs = traj.response_ids, traj.response_mask, traj.response_logprobs
     if not response_ids:
