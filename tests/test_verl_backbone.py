@@ -32,7 +32,7 @@ from ajet.backbone.verl.config_translation import (
 from ajet.config import load_config
 from ajet.engine.base import SamplingParams
 from ajet.engine.scripted import ScriptedEngine, scripted_logprob
-from ajet.engine.verl_server import VerlServerEngine, to_verl_sampling_params
+from ajet.engine.verl_server import VerlServerEngine, from_verl_sampling_params, to_verl_sampling_params
 from ajet.judge.base import BaseJudge
 from ajet.schema import Sample, Task, WorkflowOutput
 from ajet.workflow import Workflow
@@ -266,14 +266,7 @@ class EngineBackedServerManager:
         self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids), "sampling_params": dict(sampling_params)})
         self.loops.append(asyncio.get_running_loop())
         sp = dict(sampling_params)
-        params = SamplingParams(
-            max_tokens=sp["max_tokens"],
-            temperature=sp["temperature"],
-            top_p=sp["top_p"],
-            top_k=sp["top_k"],
-            stop_token_ids=sp.get("stop_token_ids", []),
-        )
-        completion = await self.engine.generate(list(prompt_ids), params)
+        completion = await self.engine.generate(list(prompt_ids), from_verl_sampling_params(sp))
         return TokenOutput(
             token_ids=completion.token_ids,
             log_probs=completion.logprobs if sp.get("logprobs") else None,
@@ -329,6 +322,12 @@ async def test_verl_server_engine_hops_onto_the_owning_loop():
 def test_sampling_params_for_verl_omit_unset_options():
     sp = to_verl_sampling_params(SamplingParams(max_tokens=3, temperature=0.0))
     assert sp == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 3, "logprobs": True}
+
+
+def test_sampling_params_survive_the_round_trip_through_verls_dict():
+    params = SamplingParams(max_tokens=7, temperature=0.7, top_p=0.9, top_k=20, stop_token_ids=[2], stop=["\n\n"], seed=5)
+    assert from_verl_sampling_params(to_verl_sampling_params(params)) == params
+    assert from_verl_sampling_params(to_verl_sampling_params(SamplingParams(max_tokens=3))) == SamplingParams(max_tokens=3)
 
 
 # -- the agent-loop adapter -------------------------------------------------------------------------
@@ -584,14 +583,14 @@ async def test_verls_v1_worker_stores_every_sample_of_an_episode_with_its_versio
 
 
 def test_an_episode_split_into_several_samples_returns_the_last_and_counts_the_rest():
-    from ajet.backbone.verl.agent_loop import episode_to_agent_loop_output
+    from ajet.backbone.verl.agent_loop import episode_to_agent_loop_outputs
     from ajet.schema import EpisodeResult
 
     first = _sample([1, 2], [3, 4], [1, 1], [-0.1, -0.2], 0.7, "g", "ep")
     last = _sample([1, 9], [5, 6, 7], [1, 0, 1], [-0.3, 0.0, -0.4], 0.7, "g", "ep")
     result = EpisodeResult(task=Task(main_query="q", task_id="g"), episode_id="ep", repeat_index=0,
                            samples=[first, last], reward=0.7, is_success=True, num_turns=3)
-    out = episode_to_agent_loop_output(result, tokenizer(), prompt_length=8, response_length=8)
+    (out,) = episode_to_agent_loop_outputs(result, tokenizer(), prompt_length=8, response_length=8, keep_all=False)
     assert (out.prompt_ids, out.response_ids, out.response_mask) == ([1, 9], [5, 6, 7], [1, 0, 1])
     assert out.response_logprobs == [-0.3, 0.0, -0.4] and out.reward_score == 0.7
     assert out.extra_fields["ajet_num_samples"] == 2 and out.extra_fields["ajet_dropped_samples"] == 1

@@ -116,6 +116,21 @@ def to_verl_sampling_params(params: SamplingParams) -> dict[str, Any]:
     return sampling
 
 
+def from_verl_sampling_params(sampling_params: dict[str, Any]) -> SamplingParams:
+    """The inverse of `to_verl_sampling_params`: ajet SamplingParams from the dict verl's server
+    client sends a rollout server (vLLM's names)."""
+    sp = dict(sampling_params)
+    return SamplingParams(
+        max_tokens=int(sp.get("max_tokens") or sp.get("max_new_tokens") or 64),
+        temperature=float(sp.get("temperature", 1.0)),
+        top_p=float(sp.get("top_p", 1.0)),
+        top_k=int(sp.get("top_k", -1)),
+        stop_token_ids=list(sp.get("stop_token_ids") or []),
+        stop=list(sp.get("stop") or []),
+        seed=sp.get("seed"),
+    )
+
+
 def finish_reason(
     token_ids: list[int], stop_reason: str | None, params: SamplingParams, eos_token_id: int | None = None
 ) -> FinishReason:

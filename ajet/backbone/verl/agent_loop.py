@@ -281,16 +281,6 @@ def episode_to_agent_loop_outputs(
     return outputs
 
 
-def episode_to_agent_loop_output(
-    result: EpisodeResult, tokenizer: Any, *, prompt_length: int, response_length: int
-) -> AgentLoopOutput:
-    """The one AgentLoopOutput verl's v0 trainer takes for an episode: its last sample."""
-    (output,) = episode_to_agent_loop_outputs(
-        result, tokenizer, prompt_length=prompt_length, response_length=response_length, keep_all=False
-    )
-    return output
-
-
 def _sample_output(
     sample: Any,
     result: EpisodeResult,

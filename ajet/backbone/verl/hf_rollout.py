@@ -32,7 +32,7 @@ import torch
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
-from ajet.engine.base import SamplingParams
+from ajet.engine.verl_server import from_verl_sampling_params
 
 logger = logging.getLogger(__name__)
 
@@ -43,20 +43,6 @@ RUN_ID_ENV = "AJET_RUN_ID"
 
 def server_actor_name(replica_rank: int) -> str:
     return f"ajet_hf_rollout_{os.environ.get(RUN_ID_ENV, 'run')}_{replica_rank}"
-
-
-def sampling_params_from_verl(sampling_params: dict[str, Any]) -> SamplingParams:
-    """ajet SamplingParams from the dict verl's server client sends (vLLM's names)."""
-    sp = dict(sampling_params)
-    return SamplingParams(
-        max_tokens=int(sp.get("max_tokens") or sp.get("max_new_tokens") or 64),
-        temperature=float(sp.get("temperature", 1.0)),
-        top_p=float(sp.get("top_p", 1.0)),
-        top_k=int(sp.get("top_k", -1)),
-        stop_token_ids=list(sp.get("stop_token_ids") or []),
-        stop=list(sp.get("stop") or []),
-        seed=sp.get("seed"),
-    )
 
 
 class HFRolloutServer:
@@ -79,7 +65,7 @@ class HFRolloutServer:
     ) -> TokenOutput:
         if kwargs.get("image_data") or kwargs.get("video_data"):
             raise ValueError("the hf rollout backend serves text models only")
-        completion = await self.engine.generate(list(prompt_ids), sampling_params_from_verl(sampling_params))
+        completion = await self.engine.generate(list(prompt_ids), from_verl_sampling_params(sampling_params))
         return TokenOutput(
             token_ids=completion.token_ids,
             log_probs=completion.logprobs if sampling_params.get("logprobs") else None,

@@ -91,13 +91,13 @@ VERL_CPU_MODULES = ["ajet.backbone.verl.cpu_platform", "ajet.backbone.verl.hf_ro
 def verl_process_env(on_cpu: bool, run_id: str, environ: Any = None) -> dict[str, str]:
     """Environment variables for the driver and every Ray worker of a verl run (modules the user
     already lists in VERL_USE_EXTERNAL_MODULES are kept, ahead of ajet's)."""
-    from ajet.backbone.verl.hf_rollout import RUN_ID_ENV
-
     environ = os.environ if environ is None else environ
     users = [m for m in environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
     ours = VERL_MODULES + (VERL_CPU_MODULES if on_cpu else [])
     env = {"VERL_USE_EXTERNAL_MODULES": ",".join(users + [m for m in ours if m not in users])}
     if on_cpu:
+        from ajet.backbone.verl.hf_rollout import RUN_ID_ENV
+
         env.update(
             VERL_PLATFORM="cpu",
             # verl registers its FSDP engine for the devices "cuda" and "npu" only; nothing in the
