@@ -9,6 +9,7 @@ runs the tiny random model instead, to show the workflows survive real (garbage)
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from pathlib import Path
@@ -54,7 +55,7 @@ def _workflow(cfg) -> type:
 @pytest.fixture(scope="module")
 def janet(gsm8k_dir: Path) -> Task:
     """GSM8K test row 0: (16 - 3 - 4) * 2 = 18."""
-    with open(gsm8k_dir / "test.jsonl", encoding="utf-8") as f:
+    with gzip.open(gsm8k_dir / "test.jsonl.gz", "rt", encoding="utf-8") as f:
         row = json.loads(f.readline())
     return Task(main_query=row["question"], task_id="gsm8k-test-0", metadata={**row, "reference_answer": "18"})
 

@@ -89,8 +89,8 @@ def test_skip_special_tokens_keeps_tool_call_markers(tok):
     assert "<tool_call>" in text and "</tool_call>" in text
 
 
-def test_gsm8k_ids_equal_qwen_tokenizer(tok, reference_encoder, gsm8k_dir):
-    rows = [json.loads(line) for line in (gsm8k_dir / "test.jsonl").read_text().splitlines() if line.strip()]
+def test_gsm8k_ids_equal_qwen_tokenizer(tok, reference_encoder, gsm8k_test_rows):
+    rows = gsm8k_test_rows
     assert len(rows) > 1000
     texts = [r["question"] for r in rows] + [r["answer"] for r in rows]
     ours = tok(texts, add_special_tokens=False)["input_ids"]
