@@ -26,6 +26,7 @@ def summarize_episodes(episodes: Sequence[EpisodeResult], prefix: str = "rollout
     turns = [float(e.num_turns) for e in episodes]
     tool_calls = [float(e.metrics.get("tool_calls", 0.0)) for e in episodes]
     format_errors = [float(e.metrics.get("format_errors", 0.0)) for e in episodes]
+    length_cuts = [float(e.metrics.get("length_cuts", 0.0)) for e in episodes]
     n_turns = sum(turns)
     out = {
         "reward_mean": _mean(rewards),
@@ -41,7 +42,14 @@ def summarize_episodes(episodes: Sequence[EpisodeResult], prefix: str = "rollout
         "format_error_rate": (sum(format_errors) / n_turns) if n_turns else 0.0,
         "failed_episodes": float(sum(1 for e in episodes if e.error)),
         "judge_errors": float(sum(1 for e in episodes if e.judge_error)),
+        # Samples cut to data.max_response_length / max_prompt_length ...
         "truncated_samples": float(sum(1 for e in episodes for s in e.samples if s.truncated)),
+        # ... and replies cut by max_tokens (rollout.max_response_length_in_one_turn or the context
+        # window), which leave every sample whole: a run can hit the per-turn cap on every turn
+        # with truncated_samples at 0.
+        "truncated_turns": float(sum(length_cuts)),
+        "truncated_turn_rate": (sum(length_cuts) / n_turns) if n_turns else 0.0,
+        "truncated_last_reply_rate": _mean([float(e.metrics.get("last_reply_truncated", 0.0)) for e in episodes]),
         "samples_per_episode": _mean([float(len(e.samples)) for e in episodes]),
         "drift_episodes": float(sum(e.metrics.get("drift", 0.0) for e in episodes)),
         "splice_misses": float(sum(e.metrics.get("splice_misses", 0.0) for e in episodes)),
