@@ -184,3 +184,83 @@ async def test_tiny_random_model_completes_an_episode(style, janet, random_model
     assert result.reward == 0.0 and not result.is_success  # garbage text does not say 18
     assert "final_answer" in result.output.metadata
     assert result.samples and result.num_turns >= 1
+
+
+# -------------------------------------------------------------- the code-interpreter style
+
+CODE_STYLE = "math_agent_code_interpreter"
+OUTPUT_BLOCK = re.compile(r"```output\n(.*?)\n```", re.DOTALL)
+
+
+def write_python(code: str = "print((16 - 3 - 4) * 2)", invent: str = ""):
+    """reply_fn in the code-interpreter form: a ```python block ending at the output fence (where the real
+    engine stops), then, once an ```output block is in the prompt, the boxed value it showed."""
+
+    def reply(prompt_text: str) -> str:
+        outputs = OUTPUT_BLOCK.findall(prompt_text.split("<|im_start|>user", 2)[-1])
+        if not outputs:
+            return f"Eggs left times price.\n```python\n{code}\n```\n```output{invent}"
+        return f"The code printed {outputs[-1]}, so the answer is \\boxed{{{outputs[-1]}}}."
+
+    return reply
+
+
+async def test_code_interpreter_runs_the_models_code_and_sends_back_the_real_output(janet, run_episode):
+    from ajet.rollout.metrics import summarize_episodes
+
+    result, engine = await run_episode(_config(CODE_STYLE), write_python(), janet)
+    assert result.error is None and result.judge_error is None, result.error or result.judge_error
+    assert len(engine.requests) == 2
+    assert engine.requests[0].params.stop == ["```output"]  # the reply ends where an invented output would start
+    assert "<tools>" not in engine.requests[0].prompt_text  # no tool schema in this form
+    second_prompt = engine.requests[1].prompt_text
+    assert second_prompt.rstrip().endswith("<|im_start|>user\n```output\n18\n```<|im_end|>\n<|im_start|>assistant")
+    assert (result.reward, result.is_success) == (1.0, True)
+    assert result.output.metadata["python_tool_calls"] == 1
+    # the proxy parsed no <tool_call>, the workflow's own count is the one reported
+    assert result.metrics["tool_calls"] == 0 and result.metrics["workflow/tool_calls"] == 1
+    assert summarize_episodes([result])["rollout/tool_call_rate"] == 1.0
+    # both turns are one sample: the second prompt extends the first reply token for token
+    assert len(result.samples) == 1 and result.output.metadata["episode_stats"]["splices"] == 1
+
+
+async def test_code_interpreter_replaces_an_invented_output_with_the_real_one(janet, run_episode):
+    # A reply that runs past the fence with its own "result" (as the untrained model does without the
+    # stop string): the code still runs and the real value, not the invented 16, comes back.
+    result, engine = await run_episode(_config(CODE_STYLE), write_python(invent="\n16\n```"), janet)
+    assert OUTPUT_BLOCK.findall(engine.requests[1].prompt_text.split("<|im_start|>user", 2)[-1]) == ["18"]
+    assert result.reward == 1.0
+
+
+async def test_code_interpreter_answer_without_code_ends_the_episode(janet, run_episode):
+    result, engine = await run_episode(_config(CODE_STYLE), lambda prompt: "It is 9 * 2 = \\boxed{18}.", janet)
+    assert len(engine.requests) == 1 and result.reward == 1.0
+    assert result.metrics["workflow/tool_calls"] == 0
+
+
+async def test_code_interpreter_code_that_prints_nothing_is_told_so(janet, run_episode):
+    result, engine = await run_episode(_config(CODE_STYLE, "task_judge.behavior_penalty=0.25"),
+                                       write_python("eggs = (16 - 3 - 4) * 2\neggs"), janet)
+    assert "use print()" in OUTPUT_BLOCK.findall(engine.requests[1].prompt_text.split("<|im_start|>user", 2)[-1])[0]
+    assert result.metrics["workflow/tool_calls_without_output"] == 1
+    assert result.reward == pytest.approx(-0.25)  # it boxed the notice, not 18
+
+
+async def test_code_interpreter_turn_limit(janet, run_episode):
+    result, engine = await run_episode(_config(CODE_STYLE, "rollout.multi_turn.max_steps=3"),
+                                       lambda prompt: "```python\nprint(1)\n```\n```output", janet)
+    assert result.error is None and len(engine.requests) == 3 and result.reward == 0.0
+    assert result.metrics["workflow/tool_calls"] == 3
+
+
+def test_last_python_block_and_when_to_execute():
+    from tutorial.example_math_agent.math_agent_code_interpreter import last_python_block, wants_execution
+
+    assert last_python_block("a\n```python\nx = 1\n```\nb\n```py\nprint(2)\n```\n```output") == "print(2)"
+    assert last_python_block("```python\nprint(3)\n```output") == "print(3)"  # fence cut by the stop
+    assert last_python_block("```python\nprint(1)\n```\n```output\n1\n```\n```python\nprint(9)\n```") == "print(1)"
+    assert last_python_block("no code") is None and last_python_block("```python\n\n```") is None
+    assert wants_execution("```python\nprint(1)\n```\n```output")
+    assert wants_execution("```python\nprint(1)\n```\nwhich gives the total.")  # code, no answer yet
+    assert not wants_execution("```python\nprint(1)\n```\nSo \\boxed{1}.")  # answered
+    assert not wants_execution("The answer is \\boxed{1}.")

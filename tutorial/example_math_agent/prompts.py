@@ -1,7 +1,8 @@
-"""What the four math-agent workflows share: the system prompt and the Python tool's description.
+"""What the math-agent workflows share: the system prompts and the Python tool's description.
 
-One copy, so the four styles (AgentScope, OpenAI SDK, raw HTTP, LangChain) train on the same task and
-their results can be compared.
+One copy, so the four tool-calling styles (AgentScope, OpenAI SDK, raw HTTP, LangChain) train on the
+same task and their results can be compared; the code-interpreter style has its own prompt, since it
+offers no tool schema.
 """
 
 TOOL_NAME = "execute_python_code"
@@ -12,6 +13,21 @@ that print()s every value you need: the tool returns only what the code prints.
 Wait for the tool's output and use it; never guess a result.
 When you know the answer, reply without calling a tool and give the final answer as \\boxed{N},
 for example \\boxed{42}."""
+
+# The code-interpreter style (math_agent_code_interpreter.py): Python in ```python blocks, run by the
+# workflow, the printed result sent back in an ```output block.
+OUTPUT_FENCE = "```output"
+
+CODE_INTERPRETER_SYSTEM_PROMPT = """You are an agent that solves math word problems by writing Python.
+Think step by step. For each calculation, write a Python code block that print()s the values you need,
+then write ```output and stop. The code is run and what it printed comes back to you; never write the
+output yourself. For example:
+```python
+pens = 3 * 12 + 5
+print(pens)
+```
+```output
+When you know the answer, reply with the final answer as \\boxed{N}, for example \\boxed{41}."""
 
 TOOL_DESCRIPTION = (
     "Execute Python 3 code in a sandbox and return what it printed (stdout), or the error it raised. "

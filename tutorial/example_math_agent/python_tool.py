@@ -55,6 +55,16 @@ class PythonToolSession:
             "python_tool_errors": self.failed_calls,
         }
 
+    def log_metrics(self) -> dict[str, float]:
+        """For `WorkflowOutput.log_metrics`: `tool_calls` is what ajet's tool-call rate counts (a
+        workflow's own count replaces the proxy's count of parsed <tool_call>s, which code run from
+        plain ```python blocks never has)."""
+        return {
+            "tool_calls": float(self.calls),
+            "tool_calls_without_output": float(self.calls_without_output),
+            "tool_errors": float(self.failed_calls),
+        }
+
 
 def max_steps(config: Any, default: int = 8) -> int:
     """`rollout.multi_turn.max_steps`: model calls allowed per episode."""
