@@ -13,7 +13,10 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from ajet.config import AjetConfig
 
 EXIT_CONFIG_ERROR = 2
 RUN_CONFIG_FILE = "config.yaml"
@@ -74,12 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
 
-    from ajet.backbone import resolve_user_classes
+    from ajet.backbone import LaunchOptions, check_config, run
     from ajet.config import ConfigError, load_config, resolve_experiment_dir
+    from ajet.training.user_code import resolve_user_classes
 
     try:
         cfg = load_config(args.conf, args.overrides, backbone=args.backbone)
         workflow_cls, judge_cls = resolve_user_classes(cfg)
+        check_config(cfg, cfg.backbone)
         if args.dry_run:
             print_dry_run(cfg, workflow_cls, judge_cls)
             return 0
@@ -91,18 +96,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     logger.info("ajet: run directory %s (effective config in %s)", run_dir, RUN_CONFIG_FILE)
 
-    from ajet.backbone import run
-
-    args.run_dir = run_dir
+    options = LaunchOptions(
+        backbone=cfg.backbone, run_dir=run_dir, with_logview=args.with_logview, with_ray=args.with_ray
+    )
     try:
-        result = run(cfg, args)
+        result = run(cfg, options)
     except ConfigError as exc:  # e.g. the task reader, first used by the backbone, finds no file
         print(f"ajet: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return int(result or 0)
 
 
-def print_dry_run(cfg: Any, workflow_cls: type, judge_cls: type | None) -> None:
+def print_dry_run(cfg: AjetConfig, workflow_cls: type, judge_cls: type | None) -> None:
     from ajet.task_reader import build_task_reader
 
     print("# effective config")

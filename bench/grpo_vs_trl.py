@@ -11,7 +11,7 @@ caches), one after the other on the same device, with the same GSM8K prompts in 
   `_calculate_rewards` (the reward function), `_generate_and_score_completions` (both plus padding
   and advantages); the update is the rest of the optimizer step (forward, backward, AdamW).
 - ajet: the product path: a single-turn Workflow calling the OpenAI SDK client from the tuner, through
-  the proxy to the `hf` engine, judged by `MathAnswerAsJudge`, trained by `ajet.backbone.debug.TrainingLoop`
+  the proxy to the `hf` engine, judged by `MathAnswerAsJudge`, trained by `ajet.training.TrainingLoop`
   (its per-step `timing/*` metrics).
 
 Both sides use the same reward rule (`ajet.judge.math.judge_answer`). Figures are min/median/max over
@@ -146,9 +146,9 @@ def load_gsm8k_rows(path: str | Path, n: int) -> list[dict[str, str]]:
 def math_reward(response: str | None, solution: str) -> float:
     """1.0 when the reply's final answer equals the GSM8K reference, else 0.0 (ajet's judge rules)."""
     from ajet.judge.math import judge_answer
-    from ajet.task_reader.rows import reference_answer
+    from ajet.task_reader.rows import solution_final_answer
 
-    return 1.0 if judge_answer(response, reference_answer(solution)).correct else 0.0
+    return 1.0 if judge_answer(response, solution_final_answer(solution)).correct else 0.0
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -430,7 +430,7 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
 
     import yaml
 
-    from ajet.backbone.debug import TrainingLoop
+    from ajet.training import TrainingLoop
     from ajet.config import load_config
 
     t_setup = time.perf_counter()

@@ -16,7 +16,7 @@ from ajet.config import DEFAULT_CONFIG_PATH, AjetConfig, ConfigError, load_confi
 from ajet.config.schema_extension import extend_schema
 from ajet.imports import import_object
 from ajet.judge.base import BaseJudge
-from ajet.task_reader import EnvServiceJudge
+from ajet.judge.env_service import EnvServiceJudge
 
 DATA = Path(__file__).parent / "data"
 SEED_YAML = DATA / "config_seed_math_agent.yaml"

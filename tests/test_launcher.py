@@ -22,6 +22,7 @@ import yaml
 from ajet import __version__
 from ajet.config import load_config
 from ajet.imports import import_object
+from ajet.backbone import LaunchOptions
 from ajet.launcher import RUN_CONFIG_FILE, kill_run_processes, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,17 +129,20 @@ def test_run_creates_experiment_dir_writes_config_and_calls_backbone(project, mo
     root, conf, _ = project
     calls = []
 
-    def fake_backbone_run(cfg, launch_args):
-        calls.append((cfg, launch_args))
+    def fake_backbone_run(cfg, options):
+        calls.append((cfg, options))
         return 0
 
     monkeypatch.setattr("ajet.backbone.run", fake_backbone_run)
     code = main(["--conf", str(conf), "--backbone", "debug", "--with-logview", "experiment_name=unit"])
     assert code == 0 and len(calls) == 1
-    cfg, launch_args = calls[0]
-    assert launch_args.with_logview is True and launch_args.backbone == "debug" and cfg.backbone == "debug"
+    cfg, options = calls[0]
+    assert isinstance(options, LaunchOptions)
+    assert options.with_logview is True and options.with_ray is False
+    assert options.backbone == "debug" and cfg.backbone == "debug"
 
     run_dir = Path(cfg.trainer_common.experiment_dir)
+    assert options.run_dir == run_dir
     assert run_dir.parent == root / "runs" and run_dir.name.startswith("unit-")
     saved = load_config(run_dir / RUN_CONFIG_FILE)
     assert saved.to_dict() == cfg.to_dict()  # the saved file is the effective config
@@ -148,7 +152,7 @@ def test_config_error_raised_inside_the_backbone_is_reported_cleanly(project, mo
     root, conf, _ = project
     from ajet.task_reader import TaskReaderError
 
-    def backbone_with_missing_file(cfg, launch_args):
+    def backbone_with_missing_file(cfg, options):
         raise TaskReaderError("ajet.task_reader.dataset_file.training.file_path: file not found: /x.jsonl")
 
     monkeypatch.setattr("ajet.backbone.run", backbone_with_missing_file)

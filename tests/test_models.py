@@ -235,6 +235,9 @@ def test_resolve_dtype():
 
     assert resolve_dtype(None, "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda:0") == torch.bfloat16
+    # The weights a trainer updates stay fp32 under `auto`, on every device.
+    assert resolve_dtype("auto", "cuda:0", for_training=True) == torch.float32
+    assert resolve_dtype("auto", "cpu", for_training=True) == torch.float32
     assert resolve_dtype("float16", "cpu") == torch.float16
     with pytest.raises(ValueError):
         resolve_dtype("float99", "cpu")

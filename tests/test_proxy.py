@@ -365,7 +365,7 @@ async def test_force_disable_toolcalls_hides_tools_and_skips_parsing(make_proxy)
     text = tool_call_text("add", {"a": 1, "b": 2})
     config = load_config(None, overrides=["rollout.force_disable_toolcalls=true"])
     engine = ScriptedEngine(tokenizer(), lambda _: text)
-    proxy = ProxyServer.from_config(engine, tokenizer(), config)
+    proxy = ProxyServer.from_config(engine, tokenizer(), config.rollout)
     proxy.start()
     try:
         handle = proxy.open_episode("ep")

@@ -61,6 +61,19 @@ def load_config(
     return validate_config(deep_merge(defaults, user))
 
 
+def default_config() -> AjetConfig:
+    """The packaged defaults alone, validated: what a component uses when no config is handed to it.
+
+    A fresh copy each call (sections are mutable), built from one cached validation.
+    """
+    return _validated_defaults().model_copy(deep=True)
+
+
+@lru_cache(maxsize=1)
+def _validated_defaults() -> AjetConfig:
+    return validate_config(_packaged_defaults())
+
+
 def validate_config(merged: dict[str, Any]) -> AjetConfig:
     """Validate a complete `ajet:` block (defaults already merged in) into the typed config."""
     schema = _schema()

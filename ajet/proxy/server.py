@@ -44,6 +44,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from ajet.config.schema import RolloutConfig
 from ajet.engine.base import Completion, Engine, SamplingParams
 from ajet.proxy.openai_format import (
     ChatCompletionRequest,
@@ -108,14 +109,13 @@ class ProxyServer:
         self.app = self._build_app()
 
     @classmethod
-    def from_config(cls, engine: Engine, tokenizer: Any, config: Any, **kwargs: Any) -> ProxyServer:
+    def from_config(cls, engine: Engine, tokenizer: Any, rollout: RolloutConfig, **kwargs: Any) -> ProxyServer:
         """A proxy with the `ajet.rollout` policies: allow_request_sampling_override, force_disable_toolcalls."""
-        rollout = config.rollout
         return cls(
             engine,
             tokenizer,
-            allow_request_sampling_override=bool(getattr(rollout, "allow_request_sampling_override", False)),
-            disable_tool_calls=bool(getattr(rollout, "force_disable_toolcalls", False)),
+            allow_request_sampling_override=rollout.allow_request_sampling_override,
+            disable_tool_calls=rollout.force_disable_toolcalls,
             **kwargs,
         )
 

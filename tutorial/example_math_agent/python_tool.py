@@ -8,8 +8,8 @@ concurrency cap shared by every episode) and counts what the judge's shaping ter
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from ajet.config import AjetConfig
 from ajet.tools import get_python_executor
 
 from tutorial.example_math_agent.prompts import TOOL_NAME
@@ -18,7 +18,7 @@ from tutorial.example_math_agent.prompts import TOOL_NAME
 class PythonToolSession:
     """Call `run(code)` for each tool call; put `metadata()` into the WorkflowOutput."""
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: AjetConfig | None = None) -> None:
         self.executor = get_python_executor(config)
         self.calls = 0
         self.calls_without_output = 0
@@ -56,9 +56,6 @@ class PythonToolSession:
         }
 
 
-def max_steps(config: Any, default: int = 8) -> int:
+def max_steps(config: AjetConfig) -> int:
     """`rollout.multi_turn.max_steps`: model calls allowed per episode."""
-    try:
-        return int(config.rollout.multi_turn.max_steps)
-    except AttributeError:
-        return default
+    return config.rollout.multi_turn.max_steps

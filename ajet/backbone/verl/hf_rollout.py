@@ -32,7 +32,7 @@ import torch
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
-from ajet.engine.verl_server import from_verl_sampling_params
+from ajet.backbone.verl.server_engine import from_verl_sampling_params
 
 logger = logging.getLogger(__name__)
 
