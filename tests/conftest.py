@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -22,3 +21,17 @@ def gsm8k_dir() -> Path:
     if not (GSM8K_DIR / "test.jsonl").exists():
         pytest.skip(f"GSM8K not found at {GSM8K_DIR}")
     return GSM8K_DIR
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_engine():
+    """ajet's hf engine over the builtin tiny random Qwen2 (real tokenizer), shared by a test module."""
+    import torch
+
+    from ajet.engine.hf import HFEngine
+    from ajet.models import load_model, load_tokenizer
+
+    torch.set_num_threads(2)
+    engine = HFEngine(load_model("builtin:tiny-qwen2-random"), load_tokenizer("builtin:tiny-qwen2-random"), max_batch_size=8, seed=0)
+    yield engine
+    engine.shutdown()

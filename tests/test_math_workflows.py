@@ -154,23 +154,10 @@ async def test_format_penalty_for_a_malformed_tool_call(janet, run_episode):
     assert result.reward == pytest.approx(0.7) and result.is_success
 
 
-@pytest.fixture(scope="module")
-def random_model_engine():
-    import torch
-
-    from ajet.engine.hf import HFEngine
-    from ajet.models import load_model
-
-    torch.set_num_threads(2)
-    engine = HFEngine(load_model("builtin:tiny-qwen2-random"), tokenizer(), max_batch_size=4, seed=0)
-    yield engine
-    engine.shutdown()
-
-
 @pytest.mark.parametrize("style", STYLES)
-async def test_tiny_random_model_completes_an_episode(style, janet, random_model_engine):
+async def test_tiny_random_model_completes_an_episode(style, janet, tiny_hf_engine):
     cfg = _config(style, "rollout.max_response_length_in_one_turn=24", "rollout.multi_turn.max_steps=2")
-    proxy = ProxyServer(random_model_engine, tokenizer())
+    proxy = ProxyServer(tiny_hf_engine, tokenizer())
     proxy.start()
     runner = RolloutRunner(_workflow(cfg), MathAnswerAndLlmAsJudge(config=cfg), proxy, cfg)
     try:

@@ -41,7 +41,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from ajet.config.schema import RolloutConfig
@@ -59,6 +59,7 @@ from ajet.tracker.call import LLMCall
 from ajet.tracker.episode import EpisodeTracker
 from ajet.tracker.limits import EpisodeLimits
 from ajet.tracker.render import end_of_turn_id, normalize_messages
+from ajet.tracker.splice import PromptPlan
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class ProxyServer:
             return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0, "owned_by": "ajet"}]}
 
         @app.post("/v1/chat/completions")
-        async def chat_completions(request: Request):
+        async def chat_completions(request: Request) -> Response:
             handle = self._authenticate(request)
             if handle is None:
                 return JSONResponse(
@@ -225,8 +226,11 @@ class ProxyServer:
                     include_usage=req.include_usage,
                 )
                 return StreamingResponse(events, media_type="text/event-stream")
-            return completion_body(
-                cid, self.model_name, choices, prompt_tokens=prompt_len, completion_tokens=completion_tokens, top_logprobs=top_n
+            return JSONResponse(
+                completion_body(
+                    cid, self.model_name, choices, prompt_tokens=prompt_len, completion_tokens=completion_tokens,
+                    top_logprobs=top_n,
+                )
             )
 
         return app
@@ -268,7 +272,9 @@ class ProxyServer:
             choices.append(choice)
         return choices, prompt_len
 
-    def _prepare_prompt(self, tracker: EpisodeTracker, messages: list[dict[str, Any]], tools: list[dict] | None):
+    def _prepare_prompt(
+        self, tracker: EpisodeTracker, messages: list[dict[str, Any]], tools: list[dict] | None
+    ) -> PromptPlan:
         with self._render_lock:
             return tracker.prepare_prompt(messages, tools)
 
@@ -312,6 +318,7 @@ class ProxyServer:
         text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
         parsed = ParsedReply(content=text) if self.disable_tool_calls else parse_tool_calls(text)
         message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+        finish_reason: str
         if parsed.tool_calls:
             message["tool_calls"] = parsed.tool_calls
             finish_reason = "tool_calls" if completion.finish_reason == "stop" else completion.finish_reason

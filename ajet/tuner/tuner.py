@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import openai
 from agentscope.model import ChatModelBase, ChatResponse, OpenAIChatModel
@@ -60,11 +60,9 @@ class AjetTuner(ChatModelBase):
     def as_agentscope_model(self) -> OpenAIChatModel:
         """A non-streaming AgentScope `OpenAIChatModel` bound to this episode (created once, reused)."""
         if self._agentscope_model is None:
+            client_kwargs: dict[str, Any] = {"base_url": self.base_url, "http_client": self._http_client()}
             self._agentscope_model = OpenAIChatModel(
-                model_name=self.model_name,
-                api_key=self.api_key,
-                stream=False,
-                client_kwargs={"base_url": self.base_url, "http_client": self._http_client()},
+                model_name=self.model_name, api_key=self.api_key, stream=False, client_kwargs=client_kwargs
             )
         return self._agentscope_model
 
@@ -75,7 +73,8 @@ class AjetTuner(ChatModelBase):
         response = await self.as_agentscope_model()(*args, **kwargs)
         if not self.stream:
             return response
-        return _single_chunk(response)
+        # The delegate was built with stream=False, so this is one ChatResponse, not a generator.
+        return _single_chunk(cast(ChatResponse, response))
 
     def _http_client(self) -> openai.DefaultAsyncHttpxClient | None:
         # The proxy speaks plain HTTP on loopback, yet a default client loads the system CA bundle

@@ -11,7 +11,6 @@ import json
 
 from ajet.config import AjetConfig
 from ajet.tools import get_python_executor
-
 from tutorial.example_math_agent.prompts import TOOL_NAME
 
 
