@@ -166,7 +166,10 @@ def main() -> None:
         proxy = ProxyServer(engine, tokenizer)
         proxy.start()
         try:
-            asyncio.run(run_direct(engine, tokenizer, argparse.Namespace(episodes=1, turns=1), 1, params))  # warm-up
+            one = argparse.Namespace(episodes=1, turns=1)
+            asyncio.run(run_direct(engine, tokenizer, one, 1, params))  # warm-up
+            for name in args.protocols:  # each path's first call imports and builds its client (anthropic: ~1 s)
+                asyncio.run(run_proxy(proxy, one, 1, params, name))
             for conc in args.concurrency:
                 direct: list[float] = []
                 via_proxy: dict[str, list[float]] = {name: [] for name in args.protocols}
