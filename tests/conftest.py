@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,3 +34,17 @@ def gsm8k_dir() -> Path:
 def gsm8k_test_rows(gsm8k_dir) -> list[dict]:
     """GSM8K's test split as dicts with `question` and `answer`."""
     return read_jsonl_gz(gsm8k_dir / "test.jsonl.gz")
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_engine():
+    """ajet's hf engine over the builtin tiny random Qwen2 (real tokenizer), shared by a test module."""
+    import torch
+
+    from ajet.engine.hf import HFEngine
+    from ajet.models import load_model, load_tokenizer
+
+    torch.set_num_threads(2)
+    engine = HFEngine(load_model("builtin:tiny-qwen2-random"), load_tokenizer("builtin:tiny-qwen2-random"), max_batch_size=8, seed=0)
+    yield engine
+    engine.shutdown()

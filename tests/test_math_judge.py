@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ajet.config import AjetConfig
 from ajet.judge.math import (
     MathAnswerAndLlmAsJudge,
     MathAnswerAsJudge,
@@ -21,6 +22,7 @@ from ajet.judge.math import (
     reference_answer,
 )
 from ajet.schema import Task, WorkflowOutput, WorkflowTask
+from ajet.testing.config import make_config
 
 
 def _gsm8k_rows(gsm8k_dir: Path, n: int | None = None) -> list[dict]:
@@ -167,7 +169,7 @@ def test_last_boxed_handles_nested_braces():
 
 def test_judge_uses_reference_answer_and_falls_back_to_hashes(gsm8k_dir):
     row = _gsm8k_rows(gsm8k_dir, 1)[0]  # Janet's ducks: 18
-    judge = MathAnswerAsJudge(config={})
+    judge = MathAnswerAsJudge()
     for with_reference in (True, False):
         out = WorkflowOutput(metadata={"final_answer": "She makes \\boxed{18} dollars."})
         assert judge.compute_reward(_task(row, with_reference), out) == (1.0, True)
@@ -179,19 +181,19 @@ def test_judge_uses_reference_answer_and_falls_back_to_hashes(gsm8k_dir):
 def test_judge_missing_reference_raises_clear_error():
     task = WorkflowTask(Task(main_query="q", metadata={"question": "q"}))
     with pytest.raises(ValueError, match="no reference answer"):
-        MathAnswerAsJudge(config={}).compute_reward(task, WorkflowOutput(metadata={"final_answer": "1"}))
+        MathAnswerAsJudge().compute_reward(task, WorkflowOutput(metadata={"final_answer": "1"}))
 
 
 def test_judge_missing_final_answer_is_wrong_not_crash(gsm8k_dir):
     row = _gsm8k_rows(gsm8k_dir, 1)[0]
     out = WorkflowOutput(metadata={})
-    assert MathAnswerAsJudge(config={}).compute_reward(_task(row), out) == (0.0, False)
+    assert MathAnswerAsJudge().compute_reward(_task(row), out) == (0.0, False)
     assert out.metadata["judge_decided_by"] == "rules_undecided"
 
 
 def test_shaping_penalties_only_when_configured_and_triggered(gsm8k_dir):
     row = _gsm8k_rows(gsm8k_dir, 1)[0]
-    config = {"task_judge": {"format_penalty": 0.2, "behavior_penalty": 0.1}}
+    config = make_config("task_judge.format_penalty=0.2", "task_judge.behavior_penalty=0.1")
     judge = MathAnswerAsJudge(config=config)
 
     def reward(format_errors: int, silent_tool_calls: int, answer: str = "\\boxed{18}") -> float:
@@ -213,7 +215,7 @@ def test_shaping_penalties_only_when_configured_and_triggered(gsm8k_dir):
     assert reward(1, 1) > reward(0, 0, answer="\\boxed{17}")
     # penalties off by default
     out = WorkflowOutput(metadata={"final_answer": "\\boxed{18}", "episode_stats": {"format_errors": 5}})
-    assert MathAnswerAsJudge(config={}).compute_reward(_task(row), out) == (1.0, True)
+    assert MathAnswerAsJudge().compute_reward(_task(row), out) == (1.0, True)
 
 
 def test_truncated_reply_does_not_score_through_its_last_number(gsm8k_dir):
@@ -221,10 +223,10 @@ def test_truncated_reply_does_not_score_through_its_last_number(gsm8k_dir):
     row = _gsm8k_rows(gsm8k_dir, 1)[0]  # Janet's ducks: 18
     cut = "She has 16 - 3 - 4 = 9 eggs left to sell. At $2 each that is 9 * 2 = 18 dollars, and then we"
 
-    def judged(answer: str, truncated: bool, config: dict | None = None) -> tuple[tuple[float, bool], dict]:
+    def judged(answer: str, truncated: bool, *overrides: str) -> tuple[tuple[float, bool], dict]:
         stats = {"turns": 1, "last_reply_truncated": float(truncated)}
         out = WorkflowOutput(metadata={"final_answer": answer, "episode_stats": stats})
-        return MathAnswerAsJudge(config=config or {}).compute_reward(_task(row), out), out.metadata
+        return MathAnswerAsJudge(config=make_config(*overrides)).compute_reward(_task(row), out), out.metadata
 
     verdict, meta = judged(cut, truncated=True)
     assert verdict == (0.0, False)
@@ -234,7 +236,7 @@ def test_truncated_reply_does_not_score_through_its_last_number(gsm8k_dir):
     assert judged("The answer is \\boxed{18}. To double-check, 16 - 3 = 13, and", truncated=True)[0] == (1.0, True)
     assert judged("Final answer: 18. Next we", truncated=True)[0] == (1.0, True)
     # opt back in
-    assert judged(cut, True, {"task_judge": {"score_truncated_by_last_number": True}})[0] == (1.0, True)
+    assert judged(cut, True, "task_judge.score_truncated_by_last_number=true")[0] == (1.0, True)
 
 
 class _FakeJudgeLLM:
@@ -277,8 +279,9 @@ class _FakeJudgeLLM:
         self.server.server_close()
 
 
-def _llm_config(base_url: str) -> dict:
-    return {"task_judge": {"llm_judge": {"enabled": True, "base_url": base_url, "model": "judge", "timeout": 5}}}
+def _llm_config(base_url: str) -> AjetConfig:
+    prefix = "task_judge.llm_judge"
+    return make_config(f"{prefix}.enabled=true", f"{prefix}.base_url={base_url}", f"{prefix}.model=judge", f"{prefix}.timeout=5")
 
 
 @pytest.mark.network_loopback
@@ -324,4 +327,4 @@ async def test_llm_judge_failure_keeps_rule_verdict(gsm8k_dir):
 async def test_llm_judge_off_by_default_equals_rules(gsm8k_dir):
     row = _gsm8k_rows(gsm8k_dir, 1)[0]
     out = WorkflowOutput(metadata={"final_answer": "eighteen dollars"})
-    assert await MathAnswerAndLlmAsJudge(config={}).compute_reward(_task(row), out) == (0.0, False)
+    assert await MathAnswerAndLlmAsJudge().compute_reward(_task(row), out) == (0.0, False)

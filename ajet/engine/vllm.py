@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ajet.engine.base import Completion, Engine, EngineClosedError, SamplingParams
+from ajet.engine.base import Completion, EngineClosedError, GatedEngine, SamplingParams
 
 INSTALL_HINT = 'the vllm engine needs vLLM: pip install "ajet[verl]" (on a machine with a CUDA GPU)'
 _WORKER_EXTENSION = "ajet.engine.vllm_worker.AjetWeightLoader"
@@ -49,7 +49,7 @@ def _import_vllm() -> Any:
     return vllm
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(GatedEngine):
     """vLLM's AsyncLLM behind ajet's Engine interface.
 
     Args:
@@ -72,6 +72,7 @@ class VLLMEngine(Engine):
         vllm = _import_vllm()
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        super().__init__()
         self.tokenizer = tokenizer
         self.policy_version = 0
         self._max_model_len = max_model_len
@@ -107,8 +108,9 @@ class VLLMEngine(Engine):
             raise EngineClosedError("VLLMEngine was shut down")
         if len(prompt_ids) >= self._max_model_len:
             raise ValueError(f"prompt has {len(prompt_ids)} tokens; max_model_len is {self._max_model_len}")
-        future = asyncio.run_coroutine_threadsafe(self._generate(list(prompt_ids), params), self._loop)
-        return await asyncio.wrap_future(future)
+        async with self.admitted():
+            future = asyncio.run_coroutine_threadsafe(self._generate(list(prompt_ids), params), self._loop)
+            return await asyncio.wrap_future(future)
 
     async def _generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
         from vllm import SamplingParams as VSamplingParams

@@ -1,8 +1,10 @@
-"""What the math-agent workflows share: the system prompts and the Python tool's description.
+"""What the math-agent workflows share: the system prompt and the Python tool's description.
 
-One copy, so the four tool-calling styles (AgentScope, OpenAI SDK, raw HTTP, LangChain) train on the
-same task and their results can be compared; the code-interpreter style has its own prompt, since it
-offers no tool schema.
+One copy, so the six tool-calling styles (AgentScope, OpenAI SDK, raw HTTP, LangChain, OpenAI Agents
+SDK on the Responses API, Anthropic SDK on the Messages API) train on the same task and their results
+can be compared: ajet's proxy translates every protocol's tool declaration back to PYTHON_TOOL_SCHEMA,
+so each style's prompt is the same tokens. The code-interpreter style has its own instruction, since
+it offers no tool schema.
 """
 
 TOOL_NAME = "execute_python_code"
@@ -48,4 +50,11 @@ PYTHON_TOOL_SCHEMA = {
             "required": ["code"],
         },
     },
+}
+
+# The same tool as an Anthropic Messages custom tool (Anthropic SDK style).
+ANTHROPIC_PYTHON_TOOL = {
+    "name": TOOL_NAME,
+    "description": TOOL_DESCRIPTION,
+    "input_schema": PYTHON_TOOL_SCHEMA["function"]["parameters"],
 }
