@@ -200,15 +200,21 @@ CODE_STYLE = "math_agent_code_interpreter"
 OUTPUT_BLOCK = re.compile(r"```output\n(.*?)\n```", re.DOTALL)
 
 
-def write_python(code: str = "print((16 - 3 - 4) * 2)", invent: str = ""):
-    """reply_fn in the code-interpreter form: a ```python block ending at the output fence (where the real
-    engine stops), then, once an ```output block is in the prompt, the boxed value it showed."""
+def _outputs_sent(prompt_text: str) -> list[str]:
+    """What the workflow sent back: the ```output blocks of the user turns after the question."""
+    user_turns = re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt_text, re.DOTALL)[1:]
+    return [out for turn in user_turns for out in OUTPUT_BLOCK.findall(turn)]
+
+
+def write_python(code: str = "print((16 - 3 - 4) * 2)", tail: str = "\n"):
+    """reply_fn in the code-interpreter form: a ```python block that ends where the real engine stops
+    (right after the closing fence), then, once an ```output block is in the prompt, the boxed value."""
 
     def reply(prompt_text: str) -> str:
-        outputs = OUTPUT_BLOCK.findall(prompt_text.split("<|im_start|>user", 2)[-1])
+        outputs = _outputs_sent(prompt_text)
         if not outputs:
-            return f"Eggs left times price.\n```python\n{code}\n```\n```output{invent}"
-        return f"The code printed {outputs[-1]}, so the answer is \\boxed{{{outputs[-1]}}}."
+            return f"Eggs left times price.\n```python\n{code}\n```{tail}"
+        return f"The program printed {outputs[-1]}, so the answer is \\boxed{{{outputs[-1]}}}."
 
     return reply
 
@@ -219,10 +225,13 @@ async def test_code_interpreter_runs_the_models_code_and_sends_back_the_real_out
     result, engine = await run_episode(_config(CODE_STYLE), write_python(), janet)
     assert result.error is None and result.judge_error is None, result.error or result.judge_error
     assert len(engine.requests) == 2
-    assert engine.requests[0].params.stop == ["```output"]  # the reply ends where an invented output would start
-    assert "<tools>" not in engine.requests[0].prompt_text  # no tool schema in this form
-    second_prompt = engine.requests[1].prompt_text
-    assert second_prompt.rstrip().endswith("<|im_start|>user\n```output\n18\n```<|im_end|>\n<|im_start|>assistant")
+    # the reply ends at the closed code block, or where an invented output would start
+    assert engine.requests[0].params.stop == ["\n```\n", "```output"]
+    first_prompt = engine.requests[0].prompt_text
+    assert "<tools>" not in first_prompt  # no tool schema in this form
+    assert f"{janet.main_query}\n\nWrite a Python program that computes the answer and prints it.<|im_end|>" in first_prompt
+    assert _outputs_sent(engine.requests[1].prompt_text) == ["18"]
+    assert "Give the final answer as \\boxed{N}.<|im_end|>\n<|im_start|>assistant\n" in engine.requests[1].prompt_text
     assert (result.reward, result.is_success) == (1.0, True)
     assert result.output.metadata["python_tool_calls"] == 1
     # the proxy parsed no <tool_call>, the workflow's own count is the one reported
@@ -233,10 +242,10 @@ async def test_code_interpreter_runs_the_models_code_and_sends_back_the_real_out
 
 
 async def test_code_interpreter_replaces_an_invented_output_with_the_real_one(janet, run_episode):
-    # A reply that runs past the fence with its own "result" (as the untrained model does without the
-    # stop string): the code still runs and the real value, not the invented 16, comes back.
-    result, engine = await run_episode(_config(CODE_STYLE), write_python(invent="\n16\n```"), janet)
-    assert OUTPUT_BLOCK.findall(engine.requests[1].prompt_text.split("<|im_start|>user", 2)[-1]) == ["18"]
+    # A reply that runs past the code with its own "result" (as the untrained model does without the
+    # stop strings): the code still runs and the real value, not the invented 16, comes back.
+    result, engine = await run_episode(_config(CODE_STYLE), write_python(tail="\n```output\n16\n```"), janet)
+    assert _outputs_sent(engine.requests[1].prompt_text) == ["18"]
     assert result.reward == 1.0
 
 
@@ -249,14 +258,14 @@ async def test_code_interpreter_answer_without_code_ends_the_episode(janet, run_
 async def test_code_interpreter_code_that_prints_nothing_is_told_so(janet, run_episode):
     result, engine = await run_episode(_config(CODE_STYLE, "task_judge.behavior_penalty=0.25"),
                                        write_python("eggs = (16 - 3 - 4) * 2\neggs"), janet)
-    assert "use print()" in OUTPUT_BLOCK.findall(engine.requests[1].prompt_text.split("<|im_start|>user", 2)[-1])[0]
+    assert "use print()" in _outputs_sent(engine.requests[1].prompt_text)[0]
     assert result.metrics["workflow/tool_calls_without_output"] == 1
     assert result.reward == pytest.approx(-0.25)  # it boxed the notice, not 18
 
 
 async def test_code_interpreter_turn_limit(janet, run_episode):
     result, engine = await run_episode(_config(CODE_STYLE, "rollout.multi_turn.max_steps=3"),
-                                       lambda prompt: "```python\nprint(1)\n```\n```output", janet)
+                                       lambda prompt: "```python\nprint(1)\n```\n", janet)
     assert result.error is None and len(engine.requests) == 3 and result.reward == 0.0
     assert result.metrics["workflow/tool_calls"] == 3
 
@@ -264,11 +273,12 @@ async def test_code_interpreter_turn_limit(janet, run_episode):
 def test_last_python_block_and_when_to_execute():
     from tutorial.example_math_agent.math_agent_code_interpreter import last_python_block, wants_execution
 
-    assert last_python_block("a\n```python\nx = 1\n```\nb\n```py\nprint(2)\n```\n```output") == "print(2)"
+    assert last_python_block("a\n```python\nx = 1\n```\nb\n```py\nprint(2)\n```\n") == "print(2)"
     assert last_python_block("```python\nprint(3)\n```output") == "print(3)"  # fence cut by the stop
     assert last_python_block("```python\nprint(1)\n```\n```output\n1\n```\n```python\nprint(9)\n```") == "print(1)"
     assert last_python_block("no code") is None and last_python_block("```python\n\n```") is None
+    assert last_python_block("```json\n{}\n```\n") is None
     assert wants_execution("```python\nprint(1)\n```\n```output")
-    assert wants_execution("```python\nprint(1)\n```\nwhich gives the total.")  # code, no answer yet
-    assert not wants_execution("```python\nprint(1)\n```\nSo \\boxed{1}.")  # answered
+    assert wants_execution("```python\nprint(1)\n```\n")
+    assert not wants_execution("```python\nprint(1)\n```\nSo \\boxed{1}.")  # answered without waiting
     assert not wants_execution("The answer is \\boxed{1}.")

@@ -17,19 +17,14 @@ When you know the answer, reply without calling a tool and give the final answer
 for example \\boxed{42}."""
 
 # The code-interpreter style (math_agent_code_interpreter.py): Python in ```python blocks, run by the
-# workflow, the printed result sent back in an ```output block.
+# workflow, the printed result sent back in an ```output block. The instruction goes in the user turn,
+# right after the question, with no system prompt: Qwen2.5-Coder-0.5B then writes a program for most
+# GSM8K questions (the tool-call rate, measured, is in bench/RESULTS.md, section 6).
 OUTPUT_FENCE = "```output"
+CODE_FENCE_END = "\n```\n"  # a closed code block: the reply stops there and the code runs
 
-CODE_INTERPRETER_SYSTEM_PROMPT = """You are an agent that solves math word problems by writing Python.
-Think step by step. For each calculation, write a Python code block that print()s the values you need,
-then write ```output and stop. The code is run and what it printed comes back to you; never write the
-output yourself. For example:
-```python
-pens = 3 * 12 + 5
-print(pens)
-```
-```output
-When you know the answer, reply with the final answer as \\boxed{N}, for example \\boxed{41}."""
+CODE_INSTRUCTION = "Write a Python program that computes the answer and prints it."
+OUTPUT_MESSAGE = "{fence}\n{output}\n```\nThat is what the program printed. Give the final answer as \\boxed{{N}}."
 
 TOOL_DESCRIPTION = (
     "Execute Python 3 code in a sandbox and return what it printed (stdout), or the error it raised. "
