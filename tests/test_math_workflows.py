@@ -219,34 +219,57 @@ def write_python(code: str = "print((16 - 3 - 4) * 2)", tail: str = "\n"):
     return reply
 
 
-async def test_code_interpreter_runs_the_models_code_and_sends_back_the_real_output(janet, run_episode):
+async def test_code_interpreter_runs_the_models_code_and_its_output_is_the_answer(janet, run_episode):
     from ajet.rollout.metrics import summarize_episodes
 
     result, engine = await run_episode(_config(CODE_STYLE), write_python(), janet)
     assert result.error is None and result.judge_error is None, result.error or result.judge_error
-    assert len(engine.requests) == 2
+    assert len(engine.requests) == 1  # the program ran and printed: that is the answer
     # the reply ends at the closed code block, or where an invented output would start
     assert engine.requests[0].params.stop == ["\n```\n", "```output"]
     first_prompt = engine.requests[0].prompt_text
     assert "<tools>" not in first_prompt  # no tool schema in this form
     assert f"{janet.main_query}\n\nWrite a Python program that computes the answer and prints it.<|im_end|>" in first_prompt
-    assert _outputs_sent(engine.requests[1].prompt_text) == ["18"]
-    assert "Give the final answer as \\boxed{N}.<|im_end|>\n<|im_start|>assistant\n" in engine.requests[1].prompt_text
+    assert result.output.metadata["final_answer"] == "18"
     assert (result.reward, result.is_success) == (1.0, True)
     assert result.output.metadata["python_tool_calls"] == 1
     # the proxy parsed no <tool_call>, the workflow's own count is the one reported
     assert result.metrics["tool_calls"] == 0 and result.metrics["workflow/tool_calls"] == 1
     assert summarize_episodes([result])["rollout/tool_call_rate"] == 1.0
+
+
+async def test_code_interpreter_runs_the_real_code_not_an_invented_output(janet, run_episode):
+    # A reply that runs past the code with its own "result" (as the untrained model does without the
+    # stop strings): the code still runs and its real value, not the invented 16, is the answer.
+    result, engine = await run_episode(_config(CODE_STYLE), write_python(tail="\n```output\n16\n```"), janet)
+    assert result.output.metadata["final_answer"] == "18" and result.reward == 1.0
+
+
+async def test_code_interpreter_a_failing_program_gets_its_error_back_and_is_fixed(janet, run_episode):
+    def reply(prompt_text: str) -> str:
+        if not _outputs_sent(prompt_text):
+            return "```python\nprint((16 - 3 - 4) * price)\n```\n"
+        return "```python\nprint((16 - 3 - 4) * 2)\n```\n"
+
+    result, engine = await run_episode(_config(CODE_STYLE), reply, janet)
+    assert len(engine.requests) == 2
+    (sent,) = _outputs_sent(engine.requests[1].prompt_text)
+    assert "NameError" in sent and "price" in sent  # the real traceback came back
+    assert "Write a corrected program that prints it.<|im_end|>\n<|im_start|>assistant\n" in engine.requests[1].prompt_text
+    assert (result.output.metadata["final_answer"], result.reward) == ("18", 1.0)
+    assert result.metrics["workflow/tool_calls"] == 2 and result.metrics["workflow/tool_errors"] == 1
     # both turns are one sample: the second prompt extends the first reply token for token
     assert len(result.samples) == 1 and result.output.metadata["episode_stats"]["splices"] == 1
 
 
-async def test_code_interpreter_replaces_an_invented_output_with_the_real_one(janet, run_episode):
-    # A reply that runs past the code with its own "result" (as the untrained model does without the
-    # stop strings): the code still runs and the real value, not the invented 16, comes back.
-    result, engine = await run_episode(_config(CODE_STYLE), write_python(tail="\n```output\n16\n```"), janet)
-    assert _outputs_sent(engine.requests[1].prompt_text) == ["18"]
-    assert result.reward == 1.0
+async def test_code_interpreter_with_the_answer_in_words_sends_every_output_back(janet, run_episode, monkeypatch):
+    from tutorial.example_math_agent.math_agent_code_interpreter import ExampleMathLearn
+
+    monkeypatch.setattr(ExampleMathLearn, "ANSWER_FROM_OUTPUT", False)
+    result, engine = await run_episode(_config(CODE_STYLE), write_python(), janet)
+    assert len(engine.requests) == 2 and _outputs_sent(engine.requests[1].prompt_text) == ["18"]
+    assert "Give the final answer as \\boxed{N}.<|im_end|>" in engine.requests[1].prompt_text
+    assert result.reward == 1.0  # the reply boxed the value the program printed
 
 
 async def test_code_interpreter_answer_without_code_ends_the_episode(janet, run_episode):
@@ -265,9 +288,9 @@ async def test_code_interpreter_code_that_prints_nothing_is_told_so(janet, run_e
 
 async def test_code_interpreter_turn_limit(janet, run_episode):
     result, engine = await run_episode(_config(CODE_STYLE, "rollout.multi_turn.max_steps=3"),
-                                       lambda prompt: "```python\nprint(1)\n```\n", janet)
+                                       lambda prompt: "```python\nprint(1 / 0)\n```\n", janet)
     assert result.error is None and len(engine.requests) == 3 and result.reward == 0.0
-    assert result.metrics["workflow/tool_calls"] == 3
+    assert result.metrics["workflow/tool_calls"] == 3 and result.metrics["workflow/tool_errors"] == 3
 
 
 def test_last_python_block_and_when_to_execute():

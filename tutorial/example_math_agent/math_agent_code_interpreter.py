@@ -1,16 +1,23 @@
 """Math agent, code-interpreter style: the model writes a ```python program, the workflow runs it.
 
-This is the form tool-integrated math RL uses (ToRL; ReTool, which verl ships as a recipe): no tool
-schema and no `<tool_call>` markup. The question comes with one instruction, to write a Python
-program that prints the answer. A reply ends as soon as a code block closes (stop strings: the
-closing fence, and "```output", where a model would start inventing the result itself). The
-workflow runs the reply's last ```python block in the sandbox and sends what it printed back as the
-next message, in an ```output block, asking for the final answer as \\boxed{N}; the model carries on
-from the real value. The episode ends at a reply without new code, or after
-`rollout.multi_turn.max_steps` model calls.
+No tool schema and no `<tool_call>` markup: the question comes with one instruction, to write a
+Python program that computes the answer and prints it. A reply ends as soon as a code block closes
+(stop strings: the closing fence, and "```output", where a model would start inventing the result
+itself). The workflow runs the reply's last ```python block in the sandbox, then:
 
-Tool use here is counted by the workflow (`log_metrics["tool_calls"]`), since the proxy sees no
-tool-call markup to parse.
+- the program ran and printed something: that output is the episode's final answer (the judge reads
+  its last number), as in program-of-thought prompting (PAL, PoT);
+- it raised, timed out or printed nothing: what happened goes back as the next message, in an
+  ```output block, and the model writes a corrected program (the ToRL / ReTool loop, where the real
+  output replaces anything the model would have made up);
+- the reply has no code: the reply is the final answer.
+
+`ANSWER_FROM_OUTPUT = False` sends every output back instead and lets the model state the answer
+in words. On Qwen2.5-Coder-0.5B that second turn copied the instruction's `\\boxed{N}` literally in 24
+of 24 questions (bench/RESULTS.md, section 6), so the printed output is the answer by default.
+
+The episode has at most `rollout.multi_turn.max_steps` model calls. Tool use is counted by the
+workflow (`log_metrics["tool_calls"]`), since the proxy sees no tool-call markup to parse.
 """
 
 from __future__ import annotations
@@ -18,7 +25,13 @@ from __future__ import annotations
 import re
 
 from ajet import Workflow, WorkflowOutput, WorkflowTask
-from tutorial.example_math_agent.prompts import CODE_FENCE_END, CODE_INSTRUCTION, OUTPUT_FENCE, OUTPUT_MESSAGE
+from tutorial.example_math_agent.prompts import (
+    CODE_FENCE_END,
+    CODE_INSTRUCTION,
+    FIX_MESSAGE,
+    OUTPUT_FENCE,
+    OUTPUT_MESSAGE,
+)
 from tutorial.example_math_agent.python_tool import PythonToolSession, max_steps
 
 # A fenced Python block: ```python (or ```py) ... ```; the closing fence may be missing when the
@@ -45,6 +58,8 @@ def wants_execution(text: str) -> bool:
 
 
 class ExampleMathLearn(Workflow):
+    ANSWER_FROM_OUTPUT = True  # a program that ran and printed gives the final answer (see above)
+
     async def execute(self, workflow_task: WorkflowTask, tuner) -> WorkflowOutput:
         client = tuner.as_raw_openai_sdk_client()
         python = PythonToolSession(self.config)
@@ -61,8 +76,13 @@ class ExampleMathLearn(Workflow):
                 final_answer = text
                 if not wants_execution(text):
                     break
-                output = await python.run(last_python_block(text) or "")
-                messages.append({"role": "user", "content": OUTPUT_MESSAGE.format(fence=OUTPUT_FENCE, output=output.strip())})
+                result = await python.execute(last_python_block(text) or "")
+                output = result.to_agent_text().strip()
+                if self.ANSWER_FROM_OUTPUT and result.ok and not result.printed_nothing:
+                    final_answer = output
+                    break
+                template = FIX_MESSAGE if self.ANSWER_FROM_OUTPUT else OUTPUT_MESSAGE
+                messages.append({"role": "user", "content": template.format(fence=OUTPUT_FENCE, output=output)})
         return WorkflowOutput(
             reward=None,
             metadata={"final_answer": final_answer, **python.metadata()},

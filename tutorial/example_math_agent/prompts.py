@@ -24,6 +24,9 @@ OUTPUT_FENCE = "```output"
 CODE_FENCE_END = "\n```\n"  # a closed code block: the reply stops there and the code runs
 
 CODE_INSTRUCTION = "Write a Python program that computes the answer and prints it."
+# Sent back when a program failed or printed nothing (the model writes a corrected one) ...
+FIX_MESSAGE = "{fence}\n{output}\n```\nThe program did not print the answer. Write a corrected program that prints it."
+# ... or, with ANSWER_FROM_OUTPUT = False, after every program (the model states the answer itself).
 OUTPUT_MESSAGE = "{fence}\n{output}\n```\nThat is what the program printed. Give the final answer as \\boxed{{N}}."
 
 TOOL_DESCRIPTION = (
