@@ -14,7 +14,7 @@ one after the other, so its peak RSS is its own.
     python bench/learning_curve.py --steps 30 rollout.temperature=1.0         # overrides go to every arm
 
 Cost on a 2-core CPU: a GRPO step of the tutorial's defaults, plus a greedy pass over the held-out
-questions three times (before; after each arm); see bench/RESULTS.md, section 6, for the measured
+questions three times (before; after each arm); see bench/RESULTS.md, section 7, for the measured
 step time, and run it under `nice` on a shared machine. tests/test_learning_curve_bench.py runs it
 end to end on a tiny random model (structure only).
 

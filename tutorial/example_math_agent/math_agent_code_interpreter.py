@@ -14,7 +14,7 @@ itself). The workflow runs the reply's last ```python block in the sandbox, then
 
 `ANSWER_FROM_OUTPUT = False` sends every output back instead and lets the model state the answer
 in words. On Qwen2.5-Coder-0.5B that second turn copied the instruction's `\\boxed{N}` literally in 24
-of 24 questions (bench/RESULTS.md, section 6), so the printed output is the answer by default.
+of 24 questions (bench/RESULTS.md, section 7), so the printed output is the answer by default.
 
 The episode has at most `rollout.multi_turn.max_steps` model calls. Tool use is counted by the
 workflow (`log_metrics["tool_calls"]`), since the proxy sees no tool-call markup to parse.

@@ -19,7 +19,7 @@ for example \\boxed{42}."""
 # The code-interpreter style (math_agent_code_interpreter.py): Python in ```python blocks, run by the
 # workflow, the printed result sent back in an ```output block. The instruction goes in the user turn,
 # right after the question, with no system prompt: Qwen2.5-Coder-0.5B then writes a program for most
-# GSM8K questions (the tool-call rate, measured, is in bench/RESULTS.md, section 6).
+# GSM8K questions (the tool-call rate, measured, is in bench/RESULTS.md, section 7).
 OUTPUT_FENCE = "```output"
 CODE_FENCE_END = "\n```\n"  # a closed code block: the reply stops there and the code runs
 
