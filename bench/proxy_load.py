@@ -135,7 +135,8 @@ def serve_proxy(conn, model: str, engine_delay_ms: float, proxy_kwargs: dict[str
     proxy = ProxyServer(engine, tokenizer, **proxy_kwargs)
     base_url = proxy.start()
     http_impl = proxy._server.config.http_protocol_class.__module__.rsplit(".", 1)[-1]
-    conn.send({"base_url": base_url, "pid": os.getpid(), "http": http_impl, "loop": type(proxy._loop).__module__})
+    loop_impl = type(proxy._server.servers[0].get_loop()).__module__
+    conn.send({"base_url": base_url, "pid": os.getpid(), "http": http_impl, "loop": loop_impl})
     handles: dict[str, Any] = {}
     while True:
         cmd, arg = conn.recv()
