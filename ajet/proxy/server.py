@@ -26,26 +26,46 @@ Policies (tested in tests/test_proxy.py):
   are accepted, and the model decides (nothing forces a call).
 - `n > 1`: n independent engine requests; each choice is recorded as its own call (its own branch).
 - Missing or unknown api key: 401 with an OpenAI-style error body.
+- Back-pressure: at most `max_inflight` requests are held at once (engine queue included); more get
+  429 with Retry-After (see ajet.proxy.admission), which the OpenAI SDK waits out and re-sends.
+- Closing an episode while one of its requests is in flight cancels that request's generation and
+  answers it 410 `episode_closed`; nothing is recorded into a tracker after `close_episode`.
+
+One request, whatever its wire format (the pipeline other endpoints call):
+
+    handle = proxy.authenticate(api_key)            # ProxyError 401
+    req = parse_chat_request(body)                  # ProxyError 400 (or build a ChatCompletionRequest)
+    result = await proxy.run_chat(handle, req)      # admission (429), then complete_chat: normalise
+                                                    # -> render/splice -> engine -> record (410, 500)
+    -> ChatResult(choices, prompt_tokens, completion_tokens), or ProxyError(status, message, code, headers)
+
+An endpoint is `async (HTTPRequest) -> HTTPResponse` registered with `add_route` (ajet.proxy.http);
+it turns its own request body into a ChatCompletionRequest and the ChatResult / ProxyError into its
+own reply format. Everything runs on the proxy's event loop, rendering included: it holds the GIL
+either way, and a hop to a thread pool per request cost more CPU than the render itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from ajet.config.schema import RolloutConfig
 from ajet.engine.base import Completion, Engine, SamplingParams
+from ajet.proxy.admission import InflightLimit
+from ajet.proxy.http import FastRoutes, HTTPRequest, HTTPResponse, json_response
 from ajet.proxy.openai_format import (
     ChatCompletionRequest,
     ChoiceResult,
@@ -59,9 +79,34 @@ from ajet.tracker.call import LLMCall
 from ajet.tracker.episode import EpisodeTracker
 from ajet.tracker.limits import EpisodeLimits
 from ajet.tracker.render import end_of_turn_id, normalize_messages
-from ajet.tracker.splice import PromptPlan
 
 logger = logging.getLogger(__name__)
+
+class ProxyError(Exception):
+    """A request the proxy refuses: the HTTP status, an OpenAI-style message / type / code / param,
+    and extra headers (Retry-After on 429). Endpoints of other wire formats map it to their own body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type_ = type_
+        self.param = param
+        self.headers = headers or []
+
+    def openai_response(self) -> HTTPResponse:
+        body = error_body(self.message, type_=self.type_, code=self.code, param=self.param)
+        return json_response(body, self.status, list(self.headers))
 
 
 @dataclass
@@ -74,10 +119,33 @@ class EpisodeHandle:
     tracker: EpisodeTracker
     sampling: SamplingParams
     limits: EpisodeLimits
+    # Set by close_episode (under _lock); requests then record nothing and answer 410.
+    closed: bool = field(default=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Tasks (on the proxy loop) awaiting the engine for this episode; close_episode cancels them.
+    _waiting: set[asyncio.Task] = field(default_factory=set, repr=False, compare=False)
+
+
+@dataclass
+class ChatResult:
+    """The engine's answer to one chat request, recorded in the episode's tracker, ready to format."""
+
+    handle: EpisodeHandle
+    choices: list[ChoiceResult]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, or None."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return key.strip()
 
 
 class ProxyServer:
-    """FastAPI app served by uvicorn on its own thread (see module docstring for the policies)."""
+    """The proxy's ASGI app (ajet.proxy.http) served by uvicorn on its own thread (see module docstring)."""
 
     def __init__(
         self,
@@ -89,7 +157,17 @@ class ProxyServer:
         model_name: str = "ajet",
         allow_request_sampling_override: bool = False,
         disable_tool_calls: bool = False,
+        max_inflight: int | None = None,
+        freeze_gc: bool = False,
     ) -> None:
+        """`max_inflight`: requests held at once, None for no bound (the config's
+        `rollout.proxy_max_inflight` through from_config), see ajet.proxy.admission.
+
+        `freeze_gc`: on start(), collect once and move every object then alive (modules, model,
+        tokenizer) out of the cyclic collector's view (`gc.freeze`, as vLLM and SGLang do after
+        startup). Each full collection otherwise rescans them all while holding the GIL, stalling
+        every request; from_config (the backbones' path) turns it on. Process-wide, so off by default.
+        """
         self.engine = engine
         self.tokenizer = tokenizer
         self.host = host
@@ -101,17 +179,27 @@ class ProxyServer:
         self._episodes: dict[str, EpisodeHandle] = {}
         self._lock = threading.Lock()
         # One render at a time: a Rust-backed fast tokenizer shared across threads can fail with
-        # "Already borrowed", and jinja rendering holds the GIL anyway, so nothing is lost.
+        # "Already borrowed" (the runner's threads render too, for the drift check).
         self._render_lock = threading.Lock()
         self._end_id = end_of_turn_id(tokenizer)
         self._stop_ids = sorted({self._end_id} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+        self.admission = InflightLimit(max_inflight)
+        self.freeze_gc = freeze_gc
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # `app` stays a FastAPI app (GET /v1/models; routes added with its decorators work, on its
+        # slower path); `asgi` is what uvicorn serves: the model endpoints, then `app`.
         self.app = self._build_app()
+        self.asgi = FastRoutes(self.app)
+        self.add_route("POST", "/v1/chat/completions", self._chat_completions_endpoint)
 
     @classmethod
     def from_config(cls, engine: Engine, tokenizer: Any, rollout: RolloutConfig, **kwargs: Any) -> ProxyServer:
-        """A proxy with the `ajet.rollout` policies: allow_request_sampling_override, force_disable_toolcalls."""
+        """A proxy with the `ajet.rollout` policies (allow_request_sampling_override,
+        force_disable_toolcalls, proxy_max_inflight) and the startup heap frozen (freeze_gc)."""
+        kwargs.setdefault("max_inflight", rollout.proxy_max_inflight)
+        kwargs.setdefault("freeze_gc", True)
         return cls(
             engine,
             tokenizer,
@@ -120,13 +208,30 @@ class ProxyServer:
             **kwargs,
         )
 
+    def add_route(self, method: str, path: str, endpoint: Callable[[HTTPRequest], Awaitable[HTTPResponse]]) -> None:
+        """Serve `method path` with `endpoint`: `async (HTTPRequest) -> HTTPResponse`, on the proxy loop."""
+        self.asgi.add(method, path, endpoint)
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> str:
         """Serve on a background thread; returns the base url ("http://host:port/v1")."""
         if self._server is not None:
             return self.base_url
-        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off")
+        if self.freeze_gc:
+            gc.collect()  # what is garbage now would otherwise stay frozen for good
+            gc.freeze()
+        config = uvicorn.Config(
+            self.asgi,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            # Agents connect directly: no X-Forwarded-* rewriting, no Server header.
+            proxy_headers=False,
+            server_header=False,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="ajet-proxy", daemon=True)
         self._thread.start()
@@ -135,7 +240,9 @@ class ProxyServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"ajet proxy failed to start on {self.host}:{self.port}")
             time.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
+        listener = self._server.servers[0]
+        self._loop = listener.get_loop()
+        port = listener.sockets[0].getsockname()[1]
         self.base_url = f"http://{self.host}:{port}/v1"
         logger.info("ajet proxy serving at %s", self.base_url)
         return self.base_url
@@ -148,6 +255,7 @@ class ProxyServer:
             self._thread.join(timeout=10)
         self._server = None
         self._thread = None
+        self._loop = None
 
     # -- episodes -------------------------------------------------------------------------------
 
@@ -173,9 +281,21 @@ class ProxyServer:
         return handle
 
     def close_episode(self, api_key: str) -> EpisodeTracker:
-        """Stop serving the episode (its key gets 401 from now on) and return its tracker."""
+        """Stop serving the episode and return its tracker (from any thread).
+
+        Its key gets 401 from now on; a request of it still waiting for the engine is cancelled and
+        answered 410, and no call is recorded into the tracker after this returns.
+        """
         with self._lock:
             handle = self._episodes.pop(api_key)
+        with handle._lock:
+            handle.closed = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(_cancel_waiting, handle)
+            except RuntimeError:  # the loop closed in between: nothing is waiting any more
+                pass
         return handle.tracker
 
     def episode(self, api_key: str) -> EpisodeHandle | None:
@@ -191,92 +311,113 @@ class ProxyServer:
         async def list_models() -> dict[str, Any]:
             return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0, "owned_by": "ajet"}]}
 
-        @app.post("/v1/chat/completions")
-        async def chat_completions(request: Request) -> Response:
-            handle = self._authenticate(request)
-            if handle is None:
-                return JSONResponse(
-                    error_body("Invalid or missing API key: it must be an open ajet episode's key.", code="invalid_api_key"),
-                    status_code=401,
-                )
-            try:
-                body = await request.json()
-                req = ChatCompletionRequest.model_validate(body)
-            except (ValueError, ValidationError) as exc:
-                return JSONResponse(error_body(f"Invalid request: {exc}"), status_code=400)
-            if not req.messages:
-                return JSONResponse(error_body("messages must not be empty", param="messages"), status_code=400)
-            try:
-                choices, prompt_len = await self._complete(handle, req)
-            except Exception as exc:  # the agent gets an OpenAI-style 500 instead of a dropped socket
-                logger.exception("episode %s: generation failed", handle.episode_id)
-                return JSONResponse(error_body(f"generation failed: {exc}", type_="server_error"), status_code=500)
-
-            cid = completion_id()
-            completion_tokens = sum(c.extra.get("num_tokens", 0) for c in choices)
-            top_n = req.top_logprobs or 0
-            if req.stream:
-                events = stream_events(
-                    cid,
-                    self.model_name,
-                    choices,
-                    prompt_tokens=prompt_len,
-                    completion_tokens=completion_tokens,
-                    top_logprobs=top_n,
-                    include_usage=req.include_usage,
-                )
-                return StreamingResponse(events, media_type="text/event-stream")
-            return JSONResponse(
-                completion_body(
-                    cid, self.model_name, choices, prompt_tokens=prompt_len, completion_tokens=completion_tokens,
-                    top_logprobs=top_n,
-                )
-            )
-
         return app
 
-    def _authenticate(self, request: Request) -> EpisodeHandle | None:
-        auth = request.headers.get("authorization", "")
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            return None
-        return self.episode(key.strip())
+    async def _chat_completions_endpoint(self, request: HTTPRequest) -> HTTPResponse:
+        """POST /v1/chat/completions: the OpenAI wire format around the pipeline."""
+        try:
+            handle = self.authenticate(bearer_key(request.header("authorization")))
+            req = parse_chat_request(request.body)
+            result = await self.run_chat(handle, req)
+        except ProxyError as exc:
+            return exc.openai_response()
+        cid = completion_id()
+        top_n = req.top_logprobs or 0
+        usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
+        if req.stream:
+            # The engine returns whole completions: every event is ready, so they go out as one body.
+            events = "".join(stream_events(cid, self.model_name, result.choices, top_logprobs=top_n, include_usage=req.include_usage, **usage))
+            return HTTPResponse(body=events.encode("utf-8"), content_type="text/event-stream")
+        return json_response(completion_body(cid, self.model_name, result.choices, top_logprobs=top_n, **usage))
 
-    # -- one request ----------------------------------------------------------------------------
+    # -- the pipeline ---------------------------------------------------------------------------
 
-    async def _complete(self, handle: EpisodeHandle, req: ChatCompletionRequest) -> tuple[list[ChoiceResult], int]:
+    def authenticate(self, api_key: str | None) -> EpisodeHandle:
+        """The open episode with this key, else ProxyError 401."""
+        handle = self.episode(api_key) if api_key else None
+        if handle is None:
+            raise ProxyError(401, "Invalid or missing API key: it must be an open ajet episode's key.", code="invalid_api_key")
+        return handle
+
+    async def run_chat(self, handle: EpisodeHandle, req: ChatCompletionRequest) -> ChatResult:
+        """Admit the request (ProxyError 429 with Retry-After past max_inflight), then complete it.
+        Call it on the proxy loop (from an endpoint)."""
+        started = self.admission.try_enter()
+        if started is None:
+            retry = self.admission.retry_after()
+            raise ProxyError(
+                429,
+                f"The proxy is holding {self.admission.inflight} requests (its max_inflight); retry in {retry.seconds:.2f} s.",
+                code="proxy_overloaded",
+                type_="rate_limit_error",
+                headers=retry.headers(),
+            )
+        try:
+            return await self.complete_chat(handle, req)
+        finally:
+            self.admission.exit(started)
+
+    async def complete_chat(self, handle: EpisodeHandle, req: ChatCompletionRequest) -> ChatResult:
+        """normalise -> render/splice -> engine -> record, for an authenticated, admitted request.
+
+        Raises ProxyError: 400 (no messages), 410 (the episode was closed meanwhile), 500 (engine).
+        """
+        if not req.messages:
+            raise ProxyError(400, "messages must not be empty", param="messages")
         tracker, limits = handle.tracker, handle.limits
         n = max(1, req.n or 1)
         turn = tracker.begin_turn(limits.max_turns)
         if turn is None:
-            return [_empty_length_choice()] * n, 0
+            return ChatResult(handle, [_empty_length_choice()] * n, 0, 0)
 
         messages = normalize_messages(req.messages)
         offer_tools = req.tools and req.tool_choice != "none" and not self.disable_tool_calls
         tools = req.tools if offer_tools else None
-        # Rendering is CPU work (jinja + tokenizer); off the event loop so other episodes keep flowing.
-        plan = await asyncio.to_thread(self._prepare_prompt, tracker, messages, tools)
+        with self._render_lock:
+            plan = tracker.prepare_prompt(messages, tools)
         prompt_len = len(plan.prompt_ids)
         params = self._sampling_for(handle, req, prompt_len)
         if (limits.max_prompt_tokens is not None and prompt_len > limits.max_prompt_tokens) or params.max_tokens <= 0:
             tracker.count("prompt_limit_hits")
-            return [_empty_length_choice()] * n, prompt_len
+            return ChatResult(handle, [_empty_length_choice()] * n, prompt_len, 0)
 
-        per_choice = [params if n == 1 or params.seed is None else dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
-        completions = await asyncio.gather(*(self.engine.generate(list(plan.prompt_ids), p) for p in per_choice))
+        completions = await self._generate(handle, plan.prompt_ids, params, n)
+        built = [self._to_choice(c, req, plan.prompt_ids, messages, tools, turn, plan.source is not None) for c in completions]
+        with handle._lock:
+            if handle.closed:
+                raise _closed_error(handle)
+            for _, call in built:
+                tracker.record(call)
+        choices = [choice for choice, _ in built]
+        return ChatResult(handle, choices, prompt_len, sum(c.extra.get("num_tokens", 0) for c in choices))
 
-        choices = []
-        for completion in completions:
-            choice, call = self._to_choice(completion, req, plan.prompt_ids, messages, tools, turn, plan.source is not None)
-            tracker.record(call)
-            choices.append(choice)
-        return choices, prompt_len
-
-    def _prepare_prompt(
-        self, tracker: EpisodeTracker, messages: list[dict[str, Any]], tools: list[dict] | None
-    ) -> PromptPlan:
-        with self._render_lock:
-            return tracker.prepare_prompt(messages, tools)
+    async def _generate(self, handle: EpisodeHandle, prompt_ids: list[int], params: SamplingParams, n: int) -> list[Completion]:
+        """n engine requests; cancelled (ProxyError 410) when the episode is closed meanwhile."""
+        if handle.closed:
+            raise _closed_error(handle)
+        task = asyncio.current_task()
+        if task is not None:
+            handle._waiting.add(task)
+        try:
+            if n == 1:
+                return [await self.engine.generate(list(prompt_ids), params)]
+            per_choice = [params if params.seed is None else dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
+            return list(await asyncio.gather(*(self.engine.generate(list(prompt_ids), p) for p in per_choice)))
+        except asyncio.CancelledError:
+            if not handle.closed or task is None:
+                raise
+            # Our own cancellation (close_episode): answer the request instead of ending its task.
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            raise _closed_error(handle) from None
+        except ProxyError:
+            raise
+        except Exception as exc:  # the agent gets an OpenAI-style 500 instead of a dropped socket
+            logger.exception("episode %s: generation failed", handle.episode_id)
+            raise ProxyError(500, f"generation failed: {exc}", type_="server_error") from exc
+        finally:
+            if task is not None:
+                handle._waiting.discard(task)
 
     def _sampling_for(self, handle: EpisodeHandle, req: ChatCompletionRequest, prompt_len: int) -> SamplingParams:
         base, limits = handle.sampling, handle.limits
@@ -344,6 +485,24 @@ class ProxyServer:
             spliced=spliced,
         )
         return ChoiceResult(message, finish_reason, token_logprobs, extra={"num_tokens": len(ids)}), call
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """The request model from a JSON body, else ProxyError 400 with pydantic's message."""
+    try:
+        return ChatCompletionRequest.model_validate_json(body)
+    except (ValueError, ValidationError) as exc:
+        raise ProxyError(400, f"Invalid request: {exc}") from None
+
+
+def _closed_error(handle: EpisodeHandle) -> ProxyError:
+    return ProxyError(410, f"episode {handle.episode_id} was closed while this request was in flight", code="episode_closed")
+
+
+def _cancel_waiting(handle: EpisodeHandle) -> None:
+    """On the proxy loop: cancel the episode's requests waiting for the engine (close_episode)."""
+    for task in list(handle._waiting):
+        task.cancel()
 
 
 def _empty_length_choice() -> ChoiceResult:
