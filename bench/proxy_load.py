@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import inspect
 import json
 import multiprocessing as mp
 import os
@@ -132,6 +133,8 @@ def serve_proxy(conn, model: str, engine_delay_ms: float, proxy_kwargs: dict[str
     gc.callbacks.append(on_gc)
     engine = TimedEngine(tokenizer, reply)
     engine.requests = _Discard()  # the engine's request log would grow for the whole run
+    if "freeze_gc" in inspect.signature(ProxyServer).parameters:
+        proxy_kwargs = {"freeze_gc": True, **proxy_kwargs}  # as the backbones start it (from_config)
     proxy = ProxyServer(engine, tokenizer, **proxy_kwargs)
     base_url = proxy.start()
     http_impl = proxy._server.config.http_protocol_class.__module__.rsplit(".", 1)[-1]
