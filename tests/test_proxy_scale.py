@@ -249,7 +249,15 @@ async def test_an_added_route_runs_the_same_pipeline_and_other_paths_fall_throug
             return json_response({"type": "error", "error": {"type": str(exc.status), "message": exc.message}}, exc.status, exc.headers)
         return json_response({"text": result.choices[0].message["content"], "tokens": result.completion_tokens})
 
+    async def chunks(request: HTTPRequest) -> HTTPResponse:
+        async def gen():
+            yield b"data: one\n\n"
+            yield b"data: two\n\n"
+
+        return HTTPResponse(stream=gen(), content_type="text/event-stream")
+
     proxy.add_route("POST", "/v1/echo", echo_endpoint)
+    proxy.add_route("POST", "/v1/chunks", chunks)
     handle = proxy.open_episode("ep")
     async with httpx.AsyncClient(base_url=proxy.base_url.removesuffix("/v1")) as http:
         r = await http.post("/v1/echo", json={"messages": [{"role": "user", "content": "ping"}]}, headers={"x-api-key": handle.api_key})
@@ -257,6 +265,8 @@ async def test_an_added_route_runs_the_same_pipeline_and_other_paths_fall_throug
         assert r.json()["tokens"] == len(engine.requests[-1].completion.token_ids)
         r = await http.post("/v1/echo", json={"messages": []}, headers={"x-api-key": "nope"})
         assert r.status_code == 401 and r.json()["type"] == "error"
+        r = await http.post("/v1/chunks/", content=b"")  # a trailing slash reaches the same route
+        assert r.text == "data: one\n\ndata: two\n\n" and r.headers["content-type"] == "text/event-stream"
         assert (await http.get("/v1/models")).json()["data"][0]["id"] == "ajet"  # the FastAPI fallback
         assert (await http.post("/v1/nothing", json={})).status_code == 404
         r = await http.post("/v1/chat/completions", content=b"{not json", headers={"Authorization": f"Bearer {handle.api_key}"})
