@@ -24,13 +24,14 @@ Columns: calls/s over the run's wall time; p50/p99 of each call's latency minus 
 episodes' calls, so it grows as concurrency / throughput); proxy CPU ms per call: user + system
 CPU seconds of the proxy process (all its threads, read from /proc by psutil) over the run, divided
 by the calls: the figure a shared machine disturbs least; "of it engine": the scripted engine's own
-share (thread CPU time around its generate: decoding the prompt, building the completion); client
+share (decoding the prompt, building the completion), timed apart after the warm-up by re-running
+the engine on requests it kept (the same for every row of a run); client
 CPU ms per call likewise for this process (when it nears a core, the client is the limit); errors
 (non-2xx after retries, exceptions, replies of the wrong shape); retried: 429/503 answers waited
 out; routing: after each level every episode's tracker is checked to hold exactly its own 3
 calls, in order, each prompt holding only its own episode's marker, calls 2 and 3 spliced, merging
 into one sample (`ok` or the number of episodes that failed it). The JSON also has the proxy's
-garbage-collector CPU seconds and full collections per level.
+full garbage collections per level and their CPU seconds.
 """
 
 from __future__ import annotations
@@ -98,40 +99,51 @@ def serve_proxy(conn, model: str, engine_delay_ms: float, proxy_kwargs: dict[str
     ] + [tokenizer.encode("The answer is 42.", add_special_tokens=False)]
     delay = engine_delay_ms / 1000.0
 
-    class TimedEngine(ScriptedEngine):
-        """The scripted engine, its own CPU time counted (the reply function never suspends, so
-        the thread CPU time around it is the engine's alone)."""
+    class SampledEngine(ScriptedEngine):
+        """The scripted engine, keeping the first requests it sees so that its own cost can be
+        timed apart (`engine_cpu_ms`); timing every call in the server would add clock reads to
+        the path being measured (py-spy showed them costing more than the engine)."""
 
-        cpu_s = 0.0
+        kept: list = []
 
         async def generate(self, prompt_ids, params):
             if delay:
                 await asyncio.sleep(delay)
-            t0 = time.thread_time()
-            try:
-                return await super().generate(prompt_ids, params)
-            finally:
-                TimedEngine.cpu_s += time.thread_time() - t0
+            if len(SampledEngine.kept) < 60:
+                SampledEngine.kept.append((list(prompt_ids), params))
+            return await super().generate(prompt_ids, params)
+
+    def engine_cpu_ms() -> float:
+        """CPU ms of one ScriptedEngine.generate over the kept requests (run while the proxy idles)."""
+        loop = asyncio.new_event_loop()
+        plain = ScriptedEngine(tokenizer, reply)
+        plain.requests = _Discard()
+        t0 = time.thread_time()
+        for i in range(600):
+            loop.run_until_complete(plain.generate(*SampledEngine.kept[i % len(SampledEngine.kept)]))
+        spent = time.thread_time() - t0
+        loop.close()
+        return spent / 600 * 1000
 
     def reply(prompt_text: str) -> list[int]:
         return replies[min(prompt_text.count("<tool_response>"), CALLS_PER_EPISODE - 1)]
 
-    # CPU seconds in the collector (thread CPU time: a collection runs on the thread that triggered
-    # it, holding the GIL), full collections, their CPU seconds, start of the current one.
-    gc_time = [0.0, 0, 0.0, 0.0]
+    # Full collections (the ones that scan the whole heap) and their CPU seconds: thread CPU time,
+    # as a collection runs on the thread that triggered it, holding the GIL. Younger generations
+    # are not timed: they are frequent and cheap, and clock reads would add to what is measured.
+    gc_time = [0, 0.0, 0.0]  # full collections, their CPU seconds, start of the current one
 
     def on_gc(phase: str, info: dict) -> None:
-        if phase == "start":
-            gc_time[3] = time.thread_time()
+        if info["generation"] != 2:
             return
-        spent = time.thread_time() - gc_time[3]
-        gc_time[0] += spent
-        if info["generation"] == 2:
-            gc_time[1] += 1
-            gc_time[2] += spent
+        if phase == "start":
+            gc_time[2] = time.thread_time()
+            return
+        gc_time[0] += 1
+        gc_time[1] += time.thread_time() - gc_time[2]
 
     gc.callbacks.append(on_gc)
-    engine = TimedEngine(tokenizer, reply)
+    engine = SampledEngine(tokenizer, reply)
     engine.requests = _Discard()  # the engine's request log would grow for the whole run
     if "freeze_gc" in inspect.signature(ProxyServer).parameters:
         proxy_kwargs = {"freeze_gc": True, **proxy_kwargs}  # as the backbones start it (from_config)
@@ -152,8 +164,10 @@ def serve_proxy(conn, model: str, engine_delay_ms: float, proxy_kwargs: dict[str
                 keys.append(h.api_key)
             conn.send(keys)
         elif cmd == "stats":
-            conn.send({"engine_cpu_s": TimedEngine.cpu_s, "gc_s": gc_time[0], "gc_full": gc_time[1], "gc_full_s": gc_time[2],
+            conn.send({"gc_full": gc_time[0], "gc_full_s": gc_time[1],
                        "gc_tracked_objects": len(gc.get_objects())})
+        elif cmd == "engine_cost":
+            conn.send(engine_cpu_ms())
         elif cmd == "close":
             conn.send(_check_routing(proxy, tokenizer, handles, arg))
         elif cmd == "stop":
@@ -200,6 +214,7 @@ class ProxyProcess:
         self.process.start()
         info = self.conn.recv()
         self.base_url, self.pid, self.info = info["base_url"], info["pid"], info
+        self.engine_cpu_ms = float("nan")
 
     def call(self, cmd: str, arg: Any = None) -> Any:
         self.conn.send((cmd, arg))
@@ -383,8 +398,7 @@ async def run_level(proxy: ProxyProcess, client: str, level: int, concurrency: i
         "p99_ms": pct(0.99),
         "proxy_cpu_s": cpu1 - cpu0,
         "proxy_cpu_ms_per_call": (cpu1 - cpu0) / max(calls, 1) * 1000,
-        "engine_cpu_ms_per_call": (stats1["engine_cpu_s"] - stats0["engine_cpu_s"]) / max(calls, 1) * 1000,
-        "proxy_gc_s": stats1["gc_s"] - stats0["gc_s"],
+        "engine_cpu_ms_per_call": proxy.engine_cpu_ms,
         "proxy_gc_full_collections": stats1["gc_full"] - stats0["gc_full"],
         "proxy_gc_full_s": stats1["gc_full_s"] - stats0["gc_full_s"],
         "proxy_gc_tracked_objects": stats1["gc_tracked_objects"],
@@ -419,6 +433,7 @@ def main() -> None:
     results = []
     try:
         asyncio.run(run_level(proxy, "plain", 0, 4, 12, args.engine_delay_ms))  # warm-up: imports, first renders
+        proxy.engine_cpu_ms = proxy.call("engine_cost")
         level = 0
         for client in args.clients:
             for conc in args.concurrency:
@@ -429,7 +444,7 @@ def main() -> None:
                     out = args.py_spy / f"proxy-{client}-{conc}.txt"  # collapsed stacks: speedscope / flamegraph.pl read them
                     spy = subprocess.Popen(
                         [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proxy.pid), "--threads",
-                         *(["--gil"] if args.py_spy_mode == "gil" else []), "--format", "raw", "--rate", "200", "--output", str(out)],
+                         *(["--gil"] if args.py_spy_mode == "gil" else []), "--nonblocking", "--format", "raw", "--rate", "200", "--output", str(out)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
                     time.sleep(1.0)
@@ -441,7 +456,7 @@ def main() -> None:
                 print(
                     f"{client:6s} conc {conc:5d}: {row['calls_per_s']:7.1f} calls/s  p50 {row['p50_ms']:8.1f} ms  "
                     f"p99 {row['p99_ms']:8.1f} ms  proxy {row['proxy_cpu_ms_per_call']:5.2f} ms CPU/call "
-                    f"(engine {row['engine_cpu_ms_per_call']:4.2f}, gc {row['proxy_gc_s']:.2f} s, {row['proxy_gc_full_collections']} full "
+                    f"(engine {row['engine_cpu_ms_per_call']:4.2f}, {row['proxy_gc_full_collections']} full gc "
                     f"{row['proxy_gc_full_s']:.2f} s, {row['proxy_gc_tracked_objects']} objects)  client {row['client_cpu_ms_per_call']:4.2f}  "
                     f"errors {row['errors']}  retried {row['retried']}  routing_bad {row['routing_bad']}  "
                     f"load {row['load_average'][0]:.2f}",
