@@ -82,6 +82,7 @@ from ajet.tracker.render import end_of_turn_id, normalize_messages
 
 logger = logging.getLogger(__name__)
 
+
 class ProxyError(Exception):
     """A request the proxy refuses: the HTTP status, an OpenAI-style message / type / code / param,
     and extra headers (Retry-After on 429). Endpoints of other wire formats map it to their own body."""
