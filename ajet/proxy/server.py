@@ -48,6 +48,7 @@ either way, and a hop to a thread pool per request cost more CPU than the render
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -293,10 +294,9 @@ class ProxyServer:
             handle.closed = True
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            try:
+            # RuntimeError: the loop closed in between, so nothing is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_cancel_waiting, handle)
-            except RuntimeError:  # the loop closed in between: nothing is waiting any more
-                pass
         return handle.tracker
 
     def episode(self, api_key: str) -> EpisodeHandle | None:
