@@ -10,6 +10,7 @@ import random
 import re
 import threading
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -17,7 +18,9 @@ from proxy_helpers import ADD_TOOL, tokenizer, tool_call_text
 
 from ajet.engine.base import SamplingParams
 from ajet.engine.scripted import ScriptedEngine
-from ajet.proxy import HTTPRequest, HTTPResponse, ProxyError, ProxyServer, bearer_key, json_response
+from ajet.proxy import HTTPRequest, HTTPResponse, ProxyServer
+from ajet.proxy.openai_format import ChatCompletionRequest
+from ajet.proxy.protocol import ProtocolError, WireProtocol, WireRequest
 
 pytestmark = pytest.mark.network_loopback
 
@@ -234,19 +237,26 @@ async def test_a_reply_finishing_after_close_is_answered_410_and_not_recorded(ma
     assert len(engine.requests) == 1 and tracker.calls == []
 
 
-async def test_an_added_route_runs_the_same_pipeline_and_other_paths_fall_through(make_proxy):
-    """How another wire format plugs in: its own parsing and reply shape around run_chat."""
-    from ajet.proxy import parse_chat_request
+class _EchoProtocol(WireProtocol):
+    """A toy wire protocol: {"say": text} in, {"text", "tokens"} out, errors as {"type": "error", ...}."""
 
+    name = "echo"
+
+    def parse(self, body, state):
+        if not isinstance(body, dict) or not isinstance(body.get("say"), str):
+            raise ProtocolError("say: a string is required")
+        return WireRequest(chat=ChatCompletionRequest(messages=[{"role": "user", "content": body["say"]}]))
+
+    def reply(self, request, result, state):
+        return {"text": result.choices[0].message["content"], "tokens": result.completion_tokens}
+
+    def error_body(self, status, message, *, param=None, code=None):
+        return {"type": "error", "error": {"status": status, "message": message}}
+
+
+async def test_an_added_protocol_runs_the_same_pipeline_and_other_paths_fall_through(make_proxy):
+    """How another wire format plugs in: a WireProtocol served with add_protocol; raw routes with add_route."""
     proxy, engine = make_proxy(lambda _: "pong")
-
-    async def echo_endpoint(request: HTTPRequest) -> HTTPResponse:
-        try:
-            handle = proxy.authenticate(request.header("x-api-key") or bearer_key(request.header("authorization")))
-            result = await proxy.run_chat(handle, parse_chat_request(request.body))
-        except ProxyError as exc:
-            return json_response({"type": "error", "error": {"type": str(exc.status), "message": exc.message}}, exc.status, exc.headers)
-        return json_response({"text": result.choices[0].message["content"], "tokens": result.completion_tokens})
 
     async def chunks(request: HTTPRequest) -> HTTPResponse:
         async def gen():
@@ -255,15 +265,17 @@ async def test_an_added_route_runs_the_same_pipeline_and_other_paths_fall_throug
 
         return HTTPResponse(stream=gen(), content_type="text/event-stream")
 
-    proxy.add_route("POST", "/v1/echo", echo_endpoint)
+    proxy.add_protocol("/v1/echo", _EchoProtocol())
     proxy.add_route("POST", "/v1/chunks", chunks)
     handle = proxy.open_episode("ep")
     async with httpx.AsyncClient(base_url=proxy.base_url.removesuffix("/v1")) as http:
-        r = await http.post("/v1/echo", json={"messages": [{"role": "user", "content": "ping"}]}, headers={"x-api-key": handle.api_key})
+        r = await http.post("/v1/echo", json={"say": "ping"}, headers={"x-api-key": handle.api_key})
         assert r.status_code == 200 and r.json()["text"] == "pong"
         assert r.json()["tokens"] == len(engine.requests[-1].completion.token_ids)
-        r = await http.post("/v1/echo", json={"messages": []}, headers={"x-api-key": "nope"})
-        assert r.status_code == 401 and r.json()["type"] == "error"
+        r = await http.post("/v1/echo", json={"say": "ping"}, headers={"x-api-key": "nope"})
+        assert r.status_code == 401 and r.json()["type"] == "error" and r.json()["error"]["status"] == 401
+        r = await http.post("/v1/echo", json={"shout": 1}, headers={"x-api-key": handle.api_key})
+        assert r.status_code == 400 and r.json()["error"]["message"] == "say: a string is required"
         r = await http.post("/v1/chunks/", content=b"")  # a trailing slash reaches the same route
         assert r.text == "data: one\n\ndata: two\n\n" and r.headers["content-type"] == "text/event-stream"
         assert (await http.get("/v1/models")).json()["data"][0]["id"] == "ajet"  # the FastAPI fallback
@@ -271,3 +283,89 @@ async def test_an_added_route_runs_the_same_pipeline_and_other_paths_fall_throug
         r = await http.post("/v1/chat/completions", content=b"{not json", headers={"Authorization": f"Bearer {handle.api_key}"})
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     assert len(proxy.close_episode(handle.api_key).calls) == 1
+
+
+def _openai_error(body: dict) -> tuple[str, str | None]:
+    return body["error"]["type"], body["error"]["code"]
+
+
+def _anthropic_error(body: dict) -> tuple[str, str | None]:
+    assert body["type"] == "error"
+    return body["error"]["type"], None
+
+
+async def _sdk_chat(handle, **kw):
+    async with openai.AsyncOpenAI(base_url=handle.base_url, api_key=handle.api_key, **kw) as client:
+        raw = await client.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "x"}])
+        return raw.retries_taken, raw.parse().choices[0].message.content
+
+
+async def _sdk_responses(handle, **kw):
+    async with openai.AsyncOpenAI(base_url=handle.base_url, api_key=handle.api_key, **kw) as client:
+        raw = await client.responses.with_raw_response.create(model="m", input="x")
+        return raw.retries_taken, raw.parse().output_text
+
+
+async def _sdk_messages(handle, **kw):
+    async with anthropic.AsyncAnthropic(base_url=handle.base_url.removesuffix("/v1"), api_key=handle.api_key, **kw) as client:
+        raw = await client.messages.with_raw_response.create(model="m", max_tokens=16, messages=[{"role": "user", "content": "x"}])
+        return raw.retries_taken, (await raw.parse()).content[0].text
+
+
+# path, body, key header, error reader (type, code), the official SDK's call (retries_taken, text)
+PROTOCOLS = {
+    "chat": ("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}]}, "authorization", _openai_error, _sdk_chat),
+    "responses": ("/responses", {"model": "m", "input": "x"}, "authorization", _openai_error, _sdk_responses),
+    "messages": (
+        "/messages",
+        {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]},
+        "x-api-key",
+        _anthropic_error,
+        _sdk_messages,
+    ),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+async def test_every_protocol_gets_429_with_retry_after_and_410_when_closed_in_flight(make_proxy, protocol):
+    path, body, key_header, read_error, sdk_call = PROTOCOLS[protocol]
+    gate, entered = threading.Event(), threading.Semaphore(0)
+    proxy, engine = make_proxy(_gated_engine_reply(gate, entered), max_inflight=1)
+    holder, handle = proxy.open_episode("holder"), proxy.open_episode("ep")
+
+    def headers(h):
+        return {"authorization": f"Bearer {h.api_key}"} if key_header == "authorization" else {"x-api-key": h.api_key}
+
+    url = proxy.base_url + path
+    async with httpx.AsyncClient(timeout=60) as http:
+        # A chat request of another episode holds the one slot: this protocol's request is refused...
+        held = asyncio.ensure_future(http.post(proxy.base_url + "/chat/completions", json=PROTOCOLS["chat"][1], headers={"authorization": f"Bearer {holder.api_key}"}))
+        await _wait_for(entered, 1)
+        refused = await http.post(url, json=body, headers=headers(handle))
+        assert refused.status_code == 429
+        kind, code = read_error(refused.json())
+        assert kind == "rate_limit_error" and code in (None, "proxy_overloaded")
+        assert int(refused.headers["retry-after"]) >= 1 and refused.headers["x-should-retry"] == "true"
+        # ...and its official SDK waits, re-sends and gets through once the slot frees.
+        retried = asyncio.ensure_future(sdk_call(handle, max_retries=50))
+        while proxy.admission.refused < 2:
+            await asyncio.sleep(0.005)
+        gate.set()
+        assert (await held).status_code == 200
+        retries, text = await retried
+        assert retries >= 1 and text == "ok"
+        assert [c.assistant_message["content"] for c in proxy.episode(handle.api_key).tracker.calls] == ["ok"]
+
+        # Closing the episode while a request of it waits for the engine answers it 410 in its shape.
+        gate.clear()
+        other = proxy.open_episode("other")
+        in_flight = asyncio.ensure_future(http.post(url, json=body, headers=headers(other)))
+        await _wait_for(entered, 2)  # the retried request entered once; this one now
+        tracker = proxy.close_episode(other.api_key)
+        closed = await in_flight
+        assert closed.status_code == 410
+        kind, code = read_error(closed.json())
+        assert code in (None, "episode_closed") and "closed" in closed.json()["error"]["message"]
+        gate.set()
+    assert tracker.calls == [] and proxy.admission.inflight == 0
+    assert len(engine.requests) == 2  # the held request and the retried one; nothing refused reached it

@@ -1,7 +1,9 @@
-"""The OpenAI-compatible proxy between agents and the inference engine (see ajet.proxy.server)."""
+"""The proxy between agents and the inference engine: OpenAI Chat Completions, OpenAI Responses and
+Anthropic Messages endpoints over one tracked pipeline with back-pressure (see ajet.proxy.server,
+ajet.proxy.protocol, ajet.proxy.admission)."""
 
 from ajet.proxy.http import HTTPRequest, HTTPResponse, json_response
-from ajet.proxy.server import ChatResult, EpisodeHandle, ProxyError, ProxyServer, bearer_key, parse_chat_request
+from ajet.proxy.server import ChatResult, EpisodeHandle, ProxyError, ProxyServer
 from ajet.proxy.tool_parser import ParsedReply, parse_tool_calls
 from ajet.tracker.limits import EpisodeLimits
 
@@ -14,8 +16,6 @@ __all__ = [
     "ParsedReply",
     "ProxyError",
     "ProxyServer",
-    "bearer_key",
     "json_response",
-    "parse_chat_request",
     "parse_tool_calls",
 ]

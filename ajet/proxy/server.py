@@ -1,10 +1,14 @@
-"""The OpenAI-compatible server every agent talks to: one per process, many episodes at once.
+"""The model server every agent talks to: one per process, many episodes at once.
 
     proxy = ProxyServer(engine, tokenizer)
     base_url = proxy.start()                       # "http://127.0.0.1:PORT/v1"
     handle = proxy.open_episode("ep-1", sampling, limits)
     ...  # the agent calls POST {base_url}/chat/completions with `Authorization: Bearer {handle.api_key}`
     tracker = proxy.close_episode(handle.api_key)  # later calls with that key get 401
+
+Three wire protocols, one pipeline (`_serve`, see ajet.proxy.protocol): OpenAI Chat Completions
+(`/v1/chat/completions`), OpenAI Responses (`/v1/responses`) and Anthropic Messages
+(`/v1/messages`, key in `x-api-key`). An episode may mix them; every call lands in its tracker.
 
 The api key is the episode: a random secret per episode, so concurrent episodes never share
 context and a stale agent cannot write into a closed episode. Each request is rendered (and spliced
@@ -25,24 +29,22 @@ Policies (tested in tests/test_proxy.py):
   also turns off tool-call parsing) leaves the tools out of the prompt; "auto", "required" and a named function
   are accepted, and the model decides (nothing forces a call).
 - `n > 1`: n independent engine requests; each choice is recorded as its own call (its own branch).
-- Missing or unknown api key: 401 with an OpenAI-style error body.
+- Missing or unknown api key: 401 with an error body in the request's protocol.
 - Back-pressure: at most `max_inflight` requests are held at once (engine queue included); more get
-  429 with Retry-After (see ajet.proxy.admission), which the OpenAI SDK waits out and re-sends.
+  429 with Retry-After (see ajet.proxy.admission), which the OpenAI and Anthropic SDKs wait out and
+  re-send. Every protocol's requests count against the one bound.
 - Closing an episode while one of its requests is in flight cancels that request's generation and
-  answers it 410 `episode_closed`; nothing is recorded into a tracker after `close_episode`.
+  answers it 410 (`episode_closed`, in the request's protocol); nothing is recorded into a tracker
+  after `close_episode`.
 
-One request, whatever its wire format (the pipeline other endpoints call):
-
-    handle = proxy.authenticate(api_key)            # ProxyError 401
-    req = parse_chat_request(body)                  # ProxyError 400 (or build a ChatCompletionRequest)
-    result = await proxy.run_chat(handle, req)      # admission (429), then complete_chat: normalise
-                                                    # -> render/splice -> engine -> record (410, 500)
-    -> ChatResult(choices, prompt_tokens, completion_tokens), or ProxyError(status, message, code, headers)
-
-An endpoint is `async (HTTPRequest) -> HTTPResponse` registered with `add_route` (ajet.proxy.http);
-it turns its own request body into a ChatCompletionRequest and the ChatResult / ProxyError into its
-own reply format. Everything runs on the proxy's event loop, rendering included: it holds the GIL
-either way, and a hop to a thread pool per request cost more CPU than the render itself.
+The thread and route contract: uvicorn serves `asgi` (ajet.proxy.http.FastRoutes) on the proxy's own
+thread and event loop. The model endpoints are bytes-in/bytes-out routes there, each one
+`_serve(request, protocol)`; everything else (`GET /v1/models`, 404s, routes added to `app`) falls
+through to the FastAPI app. Everything runs on that loop, rendering included: it holds the GIL
+either way, and a hop to a thread pool per request cost more CPU than the render itself. Only
+`open_episode`, `close_episode` and `episode` are called from other threads (under `_lock`).
+A new wire protocol is a WireProtocol (ajet.proxy.protocol) served with `add_protocol(path, protocol)`;
+it gets authentication, admission, close-in-flight and recording for free.
 """
 
 from __future__ import annotations
@@ -59,34 +61,31 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
 import uvicorn
 from fastapi import FastAPI
-from pydantic import ValidationError
 
 from ajet.config.schema import RolloutConfig
 from ajet.engine.base import Completion, Engine, SamplingParams
 from ajet.proxy.admission import InflightLimit
+from ajet.proxy.anthropic_format import ANTHROPIC_MESSAGES
 from ajet.proxy.http import FastRoutes, HTTPRequest, HTTPResponse, json_response
-from ajet.proxy.openai_format import (
-    ChatCompletionRequest,
-    ChoiceResult,
-    completion_body,
-    completion_id,
-    error_body,
-    stream_events,
-)
+from ajet.proxy.openai_format import CHAT_COMPLETIONS, ChatCompletionRequest, ChoiceResult
+from ajet.proxy.protocol import CompletionResult, ProtocolError, ProtocolState, WireProtocol, WireRequest
+from ajet.proxy.responses_format import RESPONSES
 from ajet.proxy.tool_parser import ParsedReply, parse_tool_calls
 from ajet.tracker.call import LLMCall
 from ajet.tracker.episode import EpisodeTracker
 from ajet.tracker.limits import EpisodeLimits
-from ajet.tracker.render import end_of_turn_id, normalize_messages
+from ajet.tracker.render import ChatRenderer, end_of_turn_id, normalize_messages
 
 logger = logging.getLogger(__name__)
 
 
 class ProxyError(Exception):
-    """A request the proxy refuses: the HTTP status, an OpenAI-style message / type / code / param,
-    and extra headers (Retry-After on 429). Endpoints of other wire formats map it to their own body."""
+    """A request the pipeline refuses: the HTTP status, a message, OpenAI's `code` / `param`, and
+    extra headers (Retry-After on 429). `_serve` answers it in the request's protocol's error shape
+    (`WireProtocol.error_body`)."""
 
     def __init__(
         self,
@@ -94,7 +93,6 @@ class ProxyError(Exception):
         message: str,
         *,
         code: str | None = None,
-        type_: str = "invalid_request_error",
         param: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
@@ -102,13 +100,8 @@ class ProxyError(Exception):
         self.status = status
         self.message = message
         self.code = code
-        self.type_ = type_
         self.param = param
         self.headers = headers or []
-
-    def openai_response(self) -> HTTPResponse:
-        body = error_body(self.message, type_=self.type_, code=self.code, param=self.param)
-        return json_response(body, self.status, list(self.headers))
 
 
 @dataclass
@@ -121,6 +114,8 @@ class EpisodeHandle:
     tracker: EpisodeTracker
     sampling: SamplingParams
     limits: EpisodeLimits
+    # What a protocol keeps between calls of this episode (stored Responses for previous_response_id).
+    protocol_state: ProtocolState = field(default_factory=dict)
     # Set by close_episode (under _lock); requests then record nothing and answer 410.
     closed: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -136,14 +131,6 @@ class ChatResult:
     choices: list[ChoiceResult]
     prompt_tokens: int
     completion_tokens: int
-
-
-def bearer_key(authorization: str | None) -> str | None:
-    """The key of an `Authorization: Bearer <key>` header, or None."""
-    scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        return None
-    return key.strip()
 
 
 class ProxyServer:
@@ -194,7 +181,13 @@ class ProxyServer:
         # slower path); `asgi` is what uvicorn serves: the model endpoints, then `app`.
         self.app = self._build_app()
         self.asgi = FastRoutes(self.app)
-        self.add_route("POST", "/v1/chat/completions", self._chat_completions_endpoint)
+        self.add_protocol("/v1/chat/completions", CHAT_COMPLETIONS)
+        self.add_protocol("/v1/responses", RESPONSES)
+        # The anthropic client appends /v1/messages to its base URL: the tuner hands it the URL
+        # without /v1, and one given the OpenAI-style URL (ending in /v1) still lands here.
+        for prefix in ("/v1", "/v1/v1"):
+            self.add_protocol(prefix + "/messages", ANTHROPIC_MESSAGES)
+            self.add_route("POST", prefix + "/messages/count_tokens", self._count_tokens)
 
     @classmethod
     def from_config(cls, engine: Engine, tokenizer: Any, rollout: RolloutConfig, **kwargs: Any) -> ProxyServer:
@@ -213,6 +206,15 @@ class ProxyServer:
     def add_route(self, method: str, path: str, endpoint: Callable[[HTTPRequest], Awaitable[HTTPResponse]]) -> None:
         """Serve `method path` with `endpoint`: `async (HTTPRequest) -> HTTPResponse`, on the proxy loop."""
         self.asgi.add(method, path, endpoint)
+
+    def add_protocol(self, path: str, protocol: WireProtocol) -> None:
+        """Serve `POST path` in `protocol` through the one pipeline (`_serve`): authentication,
+        admission (429), close in flight (410) and recording, as for the built-in protocols."""
+
+        async def endpoint(request: HTTPRequest) -> HTTPResponse:
+            return await self._serve(request, protocol)
+
+        self.add_route("POST", path, endpoint)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -314,22 +316,42 @@ class ProxyServer:
 
         return app
 
-    async def _chat_completions_endpoint(self, request: HTTPRequest) -> HTTPResponse:
-        """POST /v1/chat/completions: the OpenAI wire format around the pipeline."""
+    async def _serve(self, request: HTTPRequest, protocol: WireProtocol) -> HTTPResponse:
+        """The one pipeline behind every model endpoint: authenticate the episode, translate the
+        request (ajet.proxy.protocol), `run_chat` (admission, render + splice, engine, record),
+        reply in the request's protocol. Every error goes out in that protocol's shape."""
         try:
-            handle = self.authenticate(bearer_key(request.header("authorization")))
-            req = parse_chat_request(request.body)
-            result = await self.run_chat(handle, req)
+            handle = self.authenticate(request_key(request))
+            wire = _parse(protocol, request.body, handle.protocol_state)
+            result = await self.run_chat(handle, wire.chat)
         except ProxyError as exc:
-            return exc.openai_response()
-        cid = completion_id()
-        top_n = req.top_logprobs or 0
-        usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
-        if req.stream:
-            # The engine returns whole completions: every event is ready, so they go out as one body.
-            events = "".join(stream_events(cid, self.model_name, result.choices, top_logprobs=top_n, include_usage=req.include_usage, **usage))
-            return HTTPResponse(body=events.encode("utf-8"), content_type="text/event-stream")
-        return json_response(completion_body(cid, self.model_name, result.choices, top_logprobs=top_n, **usage))
+            return _error_response(protocol, exc)
+        done = CompletionResult(result.choices, result.prompt_tokens, result.completion_tokens, self.model_name)
+        body = protocol.reply(wire, done, handle.protocol_state)
+        if isinstance(body, dict):
+            return json_response(body)
+        # The engine returns whole completions: every event is ready, so they go out as one body.
+        return HTTPResponse(body="".join(body).encode("utf-8"), content_type="text/event-stream")
+
+    async def _count_tokens(self, request: HTTPRequest) -> HTTPResponse:
+        """Anthropic's `POST /v1/messages/count_tokens`: the length of the request's template render
+        (what a first call would send; a spliced continuation can differ by a few tokens)."""
+        protocol = ANTHROPIC_MESSAGES
+        try:
+            self.authenticate(request_key(request))
+            try:
+                messages, tools = protocol.parse_count_tokens(pydantic_core.from_json(request.body))
+            except ProtocolError as exc:
+                raise ProxyError(exc.status, exc.message) from None
+            except ValueError as exc:  # bad JSON, or pydantic's ValidationError (a ValueError)
+                raise ProxyError(400, f"Invalid request: {exc}") from None
+        except ProxyError as exc:
+            return _error_response(protocol, exc)
+        with self._render_lock:
+            ids = ChatRenderer(self.tokenizer).render_ids(
+                normalize_messages(messages), None if self.disable_tool_calls else tools, add_generation_prompt=True
+            )
+        return json_response({"input_tokens": len(ids)})
 
     # -- the pipeline ---------------------------------------------------------------------------
 
@@ -350,7 +372,6 @@ class ProxyServer:
                 429,
                 f"The proxy is holding {self.admission.inflight} requests (its max_inflight); retry in {retry.seconds:.2f} s.",
                 code="proxy_overloaded",
-                type_="rate_limit_error",
                 headers=retry.headers(),
             )
         try:
@@ -415,10 +436,14 @@ class ProxyServer:
             raise
         except Exception as exc:  # the agent gets an OpenAI-style 500 instead of a dropped socket
             logger.exception("episode %s: generation failed", handle.episode_id)
-            raise ProxyError(500, f"generation failed: {exc}", type_="server_error") from exc
+            raise ProxyError(500, f"generation failed: {exc}") from exc
         finally:
             if task is not None:
                 handle._waiting.discard(task)
+
+    def _render_ids(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> list[int]:
+        with self._render_lock:
+            return ChatRenderer(self.tokenizer).render_ids(messages, tools, add_generation_prompt=True)
 
     def _sampling_for(self, handle: EpisodeHandle, req: ChatCompletionRequest, prompt_len: int) -> SamplingParams:
         base, limits = handle.sampling, handle.limits
@@ -488,12 +513,28 @@ class ProxyServer:
         return ChoiceResult(message, finish_reason, token_logprobs, extra={"num_tokens": len(ids)}), call
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """The request model from a JSON body, else ProxyError 400 with pydantic's message."""
+def request_key(request: HTTPRequest) -> str | None:
+    """The episode key a request carries: `Authorization: Bearer <key>` (OpenAI clients, which take
+    precedence) or `x-api-key: <key>` (Anthropic clients); None when it carries neither."""
+    scheme, _, key = (request.header("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        return key.strip()
+    return (request.header("x-api-key") or "").strip() or None
+
+
+def _parse(protocol: WireProtocol, body: bytes, state: ProtocolState) -> WireRequest:
+    """`protocol.parse` of a JSON body; what it refuses as ProxyError (400 unless it says otherwise)."""
     try:
-        return ChatCompletionRequest.model_validate_json(body)
-    except (ValueError, ValidationError) as exc:
+        return protocol.parse(pydantic_core.from_json(body), state)
+    except ProtocolError as exc:
+        raise ProxyError(exc.status, exc.message, param=exc.param, code=exc.code) from None
+    except ValueError as exc:  # bad JSON, or pydantic's ValidationError (a ValueError)
         raise ProxyError(400, f"Invalid request: {exc}") from None
+
+
+def _error_response(protocol: WireProtocol, exc: ProxyError) -> HTTPResponse:
+    body = protocol.error_body(exc.status, exc.message, param=exc.param, code=exc.code)
+    return json_response(body, exc.status, list(exc.headers))
 
 
 def _closed_error(handle: EpisodeHandle) -> ProxyError:
