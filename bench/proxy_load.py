@@ -16,7 +16,8 @@ have been made (at least one episode per slot).
 Clients: `plain` (aiohttp, one keep-alive connection per concurrent episode: an agent's client),
 `stream` (the same with `stream: true`, reading the SSE events), `openai` (the official
 `openai.AsyncOpenAI`, one per episode, as `AjetTuner` gives a workflow; its own CPU is high, so
-at high concurrency it measures the client, not the proxy). A 429/503 with Retry-After is waited
+at high concurrency it measures the client, not the proxy), `responses` and `messages` (the same
+loop over the OpenAI Responses and Anthropic Messages endpoints, aiohttp, non-streaming). A 429/503 with Retry-After is waited
 out and retried (counted in `retried`), as the official clients do.
 
 Columns: calls/s over the run's wall time; p50/p99 of each call's latency minus `--engine-delay-ms`
@@ -250,9 +251,9 @@ def _first_messages(level: int, index: int) -> list[dict[str, Any]]:
     ]
 
 
-async def _post_aiohttp(session, url: str, key: str, body: dict[str, Any], stats: Stats) -> tuple[int, Any]:
+async def _post_aiohttp(session, url: str, key: str, body: dict[str, Any], stats: Stats, *, anthropic: bool = False) -> tuple[int, Any]:
     """POST; a 429/503 with Retry-After is waited out and re-sent (what the official clients do)."""
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = {"x-api-key": key} if anthropic else {"Authorization": f"Bearer {key}"}
     for _attempt in range(50):
         async with session.post(url, json=body, headers=headers) as resp:
             if resp.status in (429, 503) and "retry-after" in resp.headers:
@@ -297,6 +298,60 @@ async def _read_sse(resp) -> dict[str, Any]:
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
     return {"choices": [{"message": message, "finish_reason": finish}]}
+
+
+async def _episode_responses(session, base_url: str, key: str, level: int, index: int, delay: float, stats: Stats) -> None:
+    """The same tool loop over OpenAI Responses (`/v1/responses`): function_call items answered
+    with function_call_output items, the whole input sent back each turn."""
+    fn = ADD_TOOL["function"]
+    tools = [{"type": "function", "name": fn["name"], "description": fn["description"], "parameters": fn["parameters"]}]
+    first = _first_messages(level, index)
+    items: list[dict[str, Any]] = [{"role": "user", "content": first[1]["content"]}]
+    for turn in range(CALLS_PER_EPISODE):
+        body = {"model": "ajet", "instructions": first[0]["content"], "input": items, "tools": tools, "store": False}
+        t0 = time.perf_counter()
+        status, reply = await _post_aiohttp(session, f"{base_url}/responses", key, body, stats)
+        stats.latencies.append(time.perf_counter() - t0 - delay)
+        if status != 200:
+            stats.errors.append(f"HTTP {status}: {str(reply)[:200]}")
+            return
+        output = reply["output"]
+        calls = [o for o in output if o["type"] == "function_call"]
+        text = "".join(part.get("text", "") for o in output if o["type"] == "message" for part in o["content"])
+        if (turn < CALLS_PER_EPISODE - 1) != bool(calls) or (not calls and text != "The answer is 42."):
+            stats.errors.append(f"turn {turn}: unexpected reply {json.dumps(output)[:200]}")
+            return
+        items += output
+        for call in calls:
+            args = json.loads(call["arguments"])
+            items.append({"type": "function_call_output", "call_id": call["call_id"], "output": str(args["a"] + args["b"])})
+
+
+async def _episode_messages(session, base_url: str, key: str, level: int, index: int, delay: float, stats: Stats) -> None:
+    """The same tool loop over Anthropic Messages (`/v1/messages`, key in x-api-key): tool_use blocks
+    answered with tool_result blocks."""
+    fn = ADD_TOOL["function"]
+    tools = [{"name": fn["name"], "description": fn["description"], "input_schema": fn["parameters"]}]
+    first = _first_messages(level, index)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": first[1]["content"]}]
+    for turn in range(CALLS_PER_EPISODE):
+        body = {"model": "ajet", "max_tokens": 64, "system": first[0]["content"], "messages": messages, "tools": tools}
+        t0 = time.perf_counter()
+        status, reply = await _post_aiohttp(session, f"{base_url.removesuffix('/v1')}/v1/messages", key, body, stats, anthropic=True)
+        stats.latencies.append(time.perf_counter() - t0 - delay)
+        if status != 200:
+            stats.errors.append(f"HTTP {status}: {str(reply)[:200]}")
+            return
+        content = reply["content"]
+        uses = [b for b in content if b["type"] == "tool_use"]
+        text = "".join(b.get("text", "") for b in content if b["type"] == "text")
+        if (turn < CALLS_PER_EPISODE - 1) != bool(uses) or (not uses and text != "The answer is 42."):
+            stats.errors.append(f"turn {turn}: unexpected reply {json.dumps(content)[:200]}")
+            return
+        messages.append({"role": "assistant", "content": content})
+        if uses:
+            results = [{"type": "tool_result", "tool_use_id": b["id"], "content": str(b["input"]["a"] + b["input"]["b"])} for b in uses]
+            messages.append({"role": "user", "content": results})
 
 
 async def _episode_aiohttp(session, base_url: str, key: str, level: int, index: int, stream: bool, delay: float, stats: Stats) -> None:
@@ -373,6 +428,10 @@ async def run_level(proxy: ProxyProcess, client: str, level: int, concurrency: i
                 try:
                     if client == "openai":
                         await _episode_openai(proxy.base_url, keys[i], level, i, delay, stats)
+                    elif client == "responses":
+                        await _episode_responses(session, proxy.base_url, keys[i], level, i, delay, stats)
+                    elif client == "messages":
+                        await _episode_messages(session, proxy.base_url, keys[i], level, i, delay, stats)
                     else:
                         await _episode_aiohttp(session, proxy.base_url, keys[i], level, i, client == "stream", delay, stats)
                 except Exception as exc:  # noqa: BLE001 - counted, the run goes on
@@ -417,7 +476,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:tiny-qwen2-random", help="whose tokenizer and chat template (no weights are loaded)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 128, 256, 512, 1024])
-    parser.add_argument("--clients", nargs="+", default=["plain", "stream"], choices=["plain", "stream", "openai"])
+    parser.add_argument("--clients", nargs="+", default=["plain", "stream"], choices=["plain", "stream", "openai", "responses", "messages"])
     parser.add_argument("--min-calls", type=int, default=1536, help="calls per level at least (one episode per slot at least)")
     parser.add_argument("--engine-delay-ms", type=float, default=0.0, help="scripted engine's wait per call (a GPU's time)")
     parser.add_argument("--proxy-arg", action="append", default=[], metavar="KEY=JSON", help="extra ProxyServer keyword, e.g. max_inflight=256")
