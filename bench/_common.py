@@ -11,6 +11,7 @@ Results go to bench/results/<name>-<UTC timestamp>.json (git-ignored output, not
 from __future__ import annotations
 
 import datetime as _dt
+import gzip
 import json
 import os
 import platform
@@ -21,6 +22,13 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# GSM8K as shipped in the repository (train/test .jsonl.gz).
+GSM8K_DIR = Path(__file__).resolve().parents[1] / "data" / "gsm8k"
+
+
+def open_text(path: str | os.PathLike[str]):
+    """A text handle on `path`, decompressed when it ends in .gz (GSM8K ships as .jsonl.gz)."""
+    return gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8")
 
 
 def environment() -> dict[str, Any]:

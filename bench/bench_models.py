@@ -59,9 +59,12 @@ def main() -> None:
         rows.append({"metric": f"{name}: greedy decode, batch 1 (tokens/s)", "value": f"{args.new_tokens / t_gen:.1f}"})
 
     # Qwen2.5 tokenizer throughput on GSM8K, against the reference tiktoken encoder.
-    gsm8k = REPO.parent / "shared" / "datasets" / "gsm8k" / "test.jsonl"
+    import gzip
+
+    gsm8k = REPO / "data" / "gsm8k" / "test.jsonl.gz"
     if gsm8k.exists():
-        lines = [json.loads(x) for x in gsm8k.read_text().splitlines() if x.strip()]
+        with gzip.open(gsm8k, "rt", encoding="utf-8") as f:
+            lines = [json.loads(x) for x in f if x.strip()]
         texts = [r["question"] for r in lines] + [r["answer"] for r in lines]
         tok = load_tokenizer("builtin:tiny-qwen2-random")
         enc, t_hf = _timed(lambda: tok(texts, add_special_tokens=False)["input_ids"])

@@ -38,18 +38,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _common import environment, fmt_stats, print_table, summarize, write_results
+from _common import GSM8K_DIR, environment, fmt_stats, open_text, print_table, summarize, write_results
 
 from ajet.engine import SamplingParams
 from ajet.engine.hf import HFEngine, default_stop_token_ids
 
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "gsm8k" / "test.jsonl"
+DEFAULT_DATA = GSM8K_DIR / "test.jsonl.gz"
 NEXT_TURN_MESSAGE = "Go on, and check your arithmetic."
 
 
 def load_prompts(tokenizer: Any, path: Path, n: int) -> list[list[int]]:
     prompts = []
-    with open(path) as f:
+    with open_text(path) as f:
         for line in f:
             question = json.loads(line)["question"]
             text = tokenizer.apply_chat_template(

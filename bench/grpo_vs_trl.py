@@ -41,12 +41,12 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):  # run as `python bench/grpo_vs_t
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _common import environment, fmt_stats, print_table, summarize, write_results  # noqa: E402
+from _common import GSM8K_DIR, environment, fmt_stats, open_text, print_table, summarize, write_results  # noqa: E402
 
 from ajet import Workflow, WorkflowOutput  # noqa: E402
 
-# The shared folder beside the checkout, as tests/conftest.py expects it; --dataset names another file.
-DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
+# The GSM8K copy shipped in the repository; --dataset names another file (.jsonl or .jsonl.gz).
+DEFAULT_DATASET = GSM8K_DIR / "train.jsonl.gz"
 INSTRUCTION = "Solve the problem. End your reply with the final answer after '####'."
 
 
@@ -130,9 +130,9 @@ def render_user_message(question: str) -> str:
 
 
 def load_gsm8k_rows(path: str | Path, n: int) -> list[dict[str, str]]:
-    """The first `n` rows of a GSM8K jsonl (`question`, `answer` with `#### N`), in file order."""
+    """The first `n` rows of a GSM8K jsonl[.gz] (`question`, `answer` with `#### N`), in file order."""
     rows = []
-    with open(path) as handle:
+    with open_text(path) as handle:
         for line in handle:
             if line.strip():
                 row = json.loads(line)

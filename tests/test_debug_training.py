@@ -64,6 +64,11 @@ def test_math_agent_trains_checkpoints_logs_and_resumes_after_a_kill(tmp_path, g
     reference = tmp_path / "reference"
     out = _run(["--with-logview", *_overrides(gsm8k_dir, reference, steps=3)])
     assert "training" in out
+    # the end-of-run report: first vs last step, and where the plot, SwanLab and the pages are
+    report = out[out.index("run summary (3 training steps)"):]
+    assert "reward (mean per episode) [step 1 -> 3]" in report
+    assert f"plot:     {reference / 'learning_curve.png'}" in report and (reference / "learning_curve.png").stat().st_size > 0
+    assert f"SwanLab:  {reference / 'swanlog'}" in report and f"3 pages in {reference / 'logview'}" in report
 
     assert sorted(p.name for p in (reference / "checkpoints").iterdir() if not p.name.startswith(".")) == [
         "global_step_1", "global_step_2", "global_step_3",

@@ -3,6 +3,7 @@ dataset download script's offline failure."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -80,7 +81,7 @@ def project(tmp_path, monkeypatch, gsm8k_dir):
 
 
 def first_question(gsm8k_dir: Path) -> str:
-    with open(gsm8k_dir / "test.jsonl", encoding="utf-8") as f:
+    with gzip.open(gsm8k_dir / "test.jsonl.gz", "rt", encoding="utf-8") as f:
         return json.loads(f.readline())["question"]
 
 

@@ -115,3 +115,53 @@ def test_swanlab_mode_is_read_from_the_config(tmp_path):
     logger.log({"a": 1.0}, step=1)
     logger.close()
     assert not list((tmp_path / "swanlog").glob("run-*"))  # disabled writes nothing
+
+
+# ------------------------------------------------------------------ progress bar and run summary
+
+
+def _logged_run(tmp_path, steps=4):
+    with MetricsLogger(tmp_path, ["jsonl"]) as log:
+        log.log({"val/accuracy": 0.2}, 0)
+        for step in range(1, steps + 1):
+            log.log({"rollout/reward_mean": 0.1 * step, "rollout/success_rate": 0.125 * step,
+                     "rollout/tool_call_rate": 0.25 * (step - 1), "timing/step_s": 30.0 + step}, step)
+        log.log({"val/accuracy": 0.35}, steps)
+    return tmp_path
+
+
+def test_bar_postfix_shows_reward_accuracy_and_tool_use():
+    from ajet.logging.summary import bar_postfix
+
+    assert bar_postfix({"rollout/reward_mean": 0.375, "rollout/success_rate": 0.375, "rollout/tool_call_rate": 0.75,
+                        "train/loss": 0.1}) == "reward=0.375 acc=38% tool=75%"
+    assert bar_postfix({"rollout/reward_mean": 0.0}) == "reward=0"
+
+
+def test_summary_rows_compare_first_and_last_logged_step(tmp_path):
+    from ajet.logging.summary import read_metrics, summary_rows
+
+    rows = {label.split(" [")[0]: (label, first, last, change) for label, first, last, change in
+            summary_rows(read_metrics(_logged_run(tmp_path)))}
+    assert rows["reward (mean per episode)"] == ("reward (mean per episode) [step 1 -> 4]", "0.1", "0.4", "+0.3")
+    assert rows["episodes that called the tool"][1:] == ("0%", "75%", "+75 pts")
+    # validation ran before training (step 0) and after it: its own first and last
+    assert rows["held-out accuracy (validation)"] == ("held-out accuracy (validation) [step 0 -> 4]", "20%", "35%", "+15 pts")
+    assert "turns cut by the token limit" not in rows  # never logged, not shown
+
+
+def test_run_report_writes_the_plot_and_says_where_everything_is(tmp_path):
+    from ajet.logging.summary import run_report
+
+    run = _logged_run(tmp_path)
+    (run / "swanlog").mkdir()
+    (run / "logview").mkdir()
+    (run / "logview" / "step_00004.html").write_text("<html></html>")
+    report = run_report(run)
+    assert "run summary (4 training steps)" in report and "reward (mean per episode) [step 1 -> 4]" in report
+    assert (run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"plot:     {run / 'learning_curve.png'}" in report
+    assert f"swanlab watch {run / 'swanlog'}" in report
+    assert f"1 pages in {run / 'logview'} (open step_00004.html" in report
+    bare = run_report(_logged_run(tmp_path / "other"), plot=False)
+    assert "--with-logview" in bare and "SwanLab:" not in bare

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -26,7 +27,7 @@ from ajet.testing.config import make_config
 
 def _gsm8k_rows(gsm8k_dir: Path, n: int | None = None) -> list[dict]:
     rows = []
-    with open(gsm8k_dir / "test.jsonl", encoding="utf-8") as f:
+    with gzip.open(gsm8k_dir / "test.jsonl.gz", "rt", encoding="utf-8") as f:
         for line in f:
             rows.append(json.loads(line))
             if n is not None and len(rows) >= n:
@@ -215,6 +216,27 @@ def test_shaping_penalties_only_when_configured_and_triggered(gsm8k_dir):
     # penalties off by default
     out = WorkflowOutput(metadata={"final_answer": "\\boxed{18}", "episode_stats": {"format_errors": 5}})
     assert MathAnswerAsJudge().compute_reward(_task(row), out) == (1.0, True)
+
+
+def test_truncated_reply_does_not_score_through_its_last_number(gsm8k_dir):
+    """A reply cut off by the length limit mid-calculation whose last number happens to be right."""
+    row = _gsm8k_rows(gsm8k_dir, 1)[0]  # Janet's ducks: 18
+    cut = "She has 16 - 3 - 4 = 9 eggs left to sell. At $2 each that is 9 * 2 = 18 dollars, and then we"
+
+    def judged(answer: str, truncated: bool, *overrides: str) -> tuple[tuple[float, bool], dict]:
+        stats = {"turns": 1, "last_reply_truncated": float(truncated)}
+        out = WorkflowOutput(metadata={"final_answer": answer, "episode_stats": stats})
+        return MathAnswerAsJudge(config=make_config(*overrides)).compute_reward(_task(row), out), out.metadata
+
+    verdict, meta = judged(cut, truncated=True)
+    assert verdict == (0.0, False)
+    assert (meta["judge_decided_by"], meta["judge_method"], meta["judge_extracted"]) == ("truncated", "last_number", "18")
+    assert judged(cut, truncated=False)[0] == (1.0, True)  # the same text, finished: the fallback applies
+    # an answer the model committed to before the cut still counts
+    assert judged("The answer is \\boxed{18}. To double-check, 16 - 3 = 13, and", truncated=True)[0] == (1.0, True)
+    assert judged("Final answer: 18. Next we", truncated=True)[0] == (1.0, True)
+    # opt back in
+    assert judged(cut, True, "task_judge.score_truncated_by_last_number=true")[0] == (1.0, True)
 
 
 class _FakeJudgeLLM:

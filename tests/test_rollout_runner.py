@@ -189,3 +189,33 @@ async def test_waiting_for_a_worker_thread_does_not_count_against_the_timeout(st
     assert [r.error for r in results] == [None] * 4
     assert [r.reward for r in results] == [1.0] * 4
     runner.close()
+
+
+async def test_reply_cut_by_the_turn_cap_is_counted_and_not_credited_by_its_last_number(tokenizer):
+    """Every turn hitting rollout.max_response_length_in_one_turn must show in the metrics (samples stay
+    whole, so truncated_samples alone reads 0) and the math judge must not score the cut reply."""
+    from ajet.judge.math import MathAnswerAsJudge
+    from ajet.rollout.metrics import summarize_episodes
+
+    text = "6 * 7 = 42, so far; now let me also check the other numbers one by one before I answer"
+    engine = ScriptedEngine(tokenizer, lambda prompt: text)
+    proxy = ProxyServer(engine, tokenizer)
+    proxy.start()
+    try:
+        results = {}
+        for cap in (8, 200):
+            runner = RolloutRunner(AskOnce, MathAnswerAsJudge(), proxy, _config(f"rollout.max_response_length_in_one_turn={cap}"))
+            results[cap] = await runner.run_episode(TASK)
+            runner.close()
+    finally:
+        proxy.stop()
+    cut, whole = results[8], results[200]
+    assert engine.requests[0].completion.finish_reason == "length"
+    assert cut.output.metadata["final_answer"] == "6 * 7 = 42"  # cut after 8 tokens (digits are one token each)
+    assert cut.metrics["last_reply_truncated"] == 1.0 and cut.metrics["length_cuts"] == 1.0
+    assert (cut.reward, cut.output.metadata["judge_decided_by"]) == (0.0, "truncated")
+    assert whole.metrics["last_reply_truncated"] == 0.0
+    metrics = summarize_episodes([cut, whole], prefix="val/")
+    assert metrics["val/truncated_samples"] == 0.0
+    assert metrics["val/truncated_turns"] == 1.0 and metrics["val/truncated_turn_rate"] == 0.5
+    assert metrics["val/truncated_last_reply_rate"] == 0.5

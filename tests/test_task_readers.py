@@ -21,10 +21,6 @@ from ajet.schema import WorkflowOutput, WorkflowTask
 from ajet.task_reader import TaskReaderError, build_task_reader, solution_final_answer
 
 
-def gsm8k_rows(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def gsm8k_config(gsm8k_dir, *overrides):
     return load_config(
         None,
@@ -41,8 +37,8 @@ def gsm8k_config(gsm8k_dir, *overrides):
 # ------------------------------------------------------------------------ huggingface_dat_repo
 
 
-def test_gsm8k_directory_reads_every_row_into_tasks(gsm8k_dir):
-    rows = gsm8k_rows(gsm8k_dir / "test.jsonl")
+def test_gsm8k_directory_reads_every_row_into_tasks(gsm8k_dir, gsm8k_test_rows):
+    rows = gsm8k_test_rows
     reader = build_task_reader(gsm8k_config(gsm8k_dir, "data.shuffle=false"))
     tasks = reader.train_tasks()
 
@@ -372,3 +368,59 @@ def test_env_service_down_is_a_reader_error():
     closed.close()
     with pytest.raises(TaskReaderError, match="ConnectError"):
         build_task_reader(env_config(f"http://127.0.0.1:{port}")).train_tasks()
+
+
+# ----------------------------------------------------------- the shipped GSM8K, compressed files
+
+
+def test_shipped_gsm8k_reads_both_full_splits(gsm8k_dir):
+    cfg = load_config(None, [f"task_reader.huggingface_dat_repo.dataset_path={gsm8k_dir}", "data.shuffle=false"])
+    reader = build_task_reader(cfg)
+    train, test = reader.train_tasks(), reader.val_tasks()
+    assert (len(train), len(test)) == (7473, 1319)  # GSM8K main: every row of both splits
+    assert train[0].task_id == "train-0" and test[0].task_id == "test-0"
+    assert test[0].metadata["reference_answer"] == "18"  # Janet's ducks
+    assert (gsm8k_dir / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_compressed_split_files_and_data_files(tmp_path):
+    import gzip
+
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for split, n in (("train", 3), ("test", 2)):
+        with gzip.open(folder / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps({"question": f"{split}{i}", "answer": f"#### {i}"}) + "\n" for i in range(n))
+    cfg = load_config(None, [f"task_reader.huggingface_dat_repo.dataset_path={folder}", "data.shuffle=false"])
+    reader = build_task_reader(cfg)
+    assert [t.main_query for t in reader.train_tasks()] == ["train0", "train1", "train2"]
+    assert [t.metadata["reference_answer"] for t in reader.val_tasks()] == ["0", "1"]
+
+    cfg = load_config(None, ["task_reader.type=dataset_file", f"task_reader.dataset_file.training.file_path={folder / 'test.jsonl.gz'}",
+                             "data.shuffle=false"])
+    assert [t.main_query for t in build_task_reader(cfg).train_tasks()] == ["test0", "test1"]
+
+
+def test_hub_id_is_loaded_through_datasets_with_its_config_name(monkeypatch, gsm8k_dir):
+    """`dataset_path: openai/gsm8k` goes to datasets.load_dataset(id, "main", split=...); a local
+    stand-in for the hub serves the shipped copy, so the tasks must equal the directory's."""
+    real_load_dataset = datasets.load_dataset
+    calls = []
+
+    def hub_stand_in(path, name=None, split=None, **kwargs):
+        if path != "openai/gsm8k":
+            return real_load_dataset(path, name, split=split, **kwargs)
+        calls.append((path, name, split))
+        if name != "main":
+            raise ValueError(f"Config name is missing: {name!r}")
+        return real_load_dataset("json", data_files=str(gsm8k_dir / f"{split}.jsonl.gz"), split="train")
+
+    monkeypatch.setattr(datasets, "load_dataset", hub_stand_in)
+    hub = build_task_reader(load_config(None, ["task_reader.huggingface_dat_repo.dataset_path=openai/gsm8k",
+                                               "data.shuffle=false"]))
+    local = build_task_reader(load_config(None, [f"task_reader.huggingface_dat_repo.dataset_path={gsm8k_dir}",
+                                                 "data.shuffle=false"]))
+    assert [t.main_query for t in hub.val_tasks()] == [t.main_query for t in local.val_tasks()]
+    assert [t.metadata["reference_answer"] for t in hub.train_tasks()[:20]] == [
+        t.metadata["reference_answer"] for t in local.train_tasks()[:20]]
+    assert calls == [("openai/gsm8k", "main", "test"), ("openai/gsm8k", "main", "train")]

@@ -275,3 +275,27 @@ def test_drift_check_uses_given_final_messages():
 @pytest.mark.parametrize("content", [[{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}], "Hi there"])
 def test_content_parts_and_strings_normalise_to_the_same_message(content):
     assert normalize_messages([{"role": "user", "content": content, "name": "x"}]) == [{"role": "user", "content": "Hi there"}]
+
+
+def test_json_string_arguments_normalise_to_the_mapping_they_encode():
+    def turn(arguments):
+        return {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}]}
+
+    (parsed,) = normalize_messages([turn('{"code": "print(1)", "n": 2}')])
+    assert parsed["tool_calls"][0]["function"]["arguments"] == {"code": "print(1)", "n": 2}
+    assert list(parsed["tool_calls"][0]["function"]["arguments"]) == ["code", "n"]  # order kept
+    assert normalize_messages([turn('{"code":"print(1)","n":2}')]) == [parsed]  # however it was serialised
+    # not a JSON object: left as the string it is
+    for odd in ('{"code": "print(1)"', '["a", 1]', "plain text"):
+        assert normalize_messages([turn(odd)])[0]["tool_calls"][0]["function"]["arguments"] == odd
+
+
+def test_parsed_model_tool_call_renders_back_to_the_sampled_text():
+    """What the proxy returns for a sampled <tool_call> re-renders to the same text, non-ASCII included."""
+    sampled = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "note": "café \\"x\\""}}\n</tool_call>'
+    reply = parse_tool_calls(sampled)
+    message = {"role": "assistant", "content": reply.content, "tool_calls": reply.tool_calls}
+    text = ChatRenderer(tokenizer()).render_text(normalize_messages([{"role": "user", "content": "hi"}, message]),
+                                                 [ADD_TOOL], add_generation_prompt=False)
+    assert sampled + "<|im_end|>" in text

@@ -68,6 +68,7 @@ def test_translation_of_the_math_agent_yaml_sets_verl_keys():
         "trainer_common.entropy_coeff=0.002",
         "trainer_common.n_gpus_per_node=4",
         "trainer_common.nnodes=2",
+        "trainer_common.total_training_steps=3",
         "trainer_common.save_freq=0",
         "trainer_common.test_freq=0",
         "trainer_common.resume=never",

@@ -26,7 +26,8 @@ MATH_YAML = REPO / "tutorial" / "example_math_agent" / "math_agent.yaml"
 
 
 def math_cfg(*overrides: str):
-    return load_config(MATH_YAML, ["model.path=builtin:tiny-qwen2-random", *overrides])
+    # lora_rank=0: the tutorial trains LoRA, verl's CPU path is full-weight only (checked below).
+    return load_config(MATH_YAML, ["model.path=builtin:tiny-qwen2-random", "lora.lora_rank=0", *overrides])
 
 
 # -- translation ------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ajet.config.agentjet_compat import (
 from ajet.config.errors import ConfigError
 from ajet.config.merge import deep_merge, set_path
 from ajet.config.messages import ROOT_KEY, closest, config_error
+from ajet.config.paths import resolve_yaml_paths
 from ajet.config.schema import AjetConfig
 
 logger = logging.getLogger("ajet.config")
@@ -38,13 +39,19 @@ def load_config(
 ) -> AjetConfig:
     """Build the validated config.
 
-    conf_path: a YAML file with the top key `ajet:` (None: defaults only).
+    conf_path: a YAML file with the top key `ajet:` (None: defaults only). Relative input paths in it
+        (model, data files, `file.py->Class` specs) are read relative to its folder (ajet.config.paths).
     overrides: `key.path=value` strings; the `ajet.` prefix is optional and values are YAML scalars
         (`4`, `true`, `null`, `[a, b]`).
     backbone: the `--backbone` flag; it wins over the YAML.
     """
     defaults = _packaged_defaults()
     user = _read_user_yaml(Path(conf_path)) if conf_path is not None else {}
+    if conf_path is not None:
+        # The YAML's relative input paths mean its own folder; overrides (below) the working directory.
+        rewritten = resolve_yaml_paths(user, Path(conf_path).parent)
+        if rewritten:
+            logger.debug("ajet config: %s resolved against %s", ", ".join(rewritten), Path(conf_path).parent)
     for item in overrides:
         _apply_override(user, item)
     if backbone is not None:

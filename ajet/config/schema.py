@@ -185,6 +185,7 @@ class TaskJudgeConfig(Section):
 
     judge_protocol: str | None
     llm_judge: LlmJudgeConfig
+    score_truncated_by_last_number: bool
     format_penalty: float
     behavior_penalty: float
 

@@ -11,7 +11,10 @@ two judges the tutorial YAML names:
   call keeps the rule verdict.
 
 Extraction order, first hit wins: the last `\\boxed{...}` (nested braces allowed), the last `#### N`,
-the last "the answer is ..." / "final answer: ...", then the last number in the text.
+the last "the answer is ..." / "final answer: ...", then the last number in the text. The last-number
+fallback is not used for a reply the length limit cut off (`episode_stats["last_reply_truncated"]`):
+its last number is wherever the calculation stopped, and crediting it rewards rambling into the
+limit (`task_judge.score_truncated_by_last_number: true` restores it).
 """
 
 from __future__ import annotations
@@ -219,15 +222,21 @@ class Verdict:
     """What the rules (and maybe the LLM) concluded about one episode."""
 
     correct: bool
-    decided_by: Literal["rules", "rules_undecided", "llm"]
+    decided_by: Literal["rules", "rules_undecided", "llm", "truncated"]
     extracted: str | None
     method: ExtractionMethod
     reference: str
 
 
-def judge_answer(response: str | None, reference: str) -> Verdict:
-    """Rule verdict for one reply; undecidable counts as wrong (`decided_by="rules_undecided"`)."""
+def judge_answer(response: str | None, reference: str, truncated: bool = False) -> Verdict:
+    """Rule verdict for one reply; undecidable counts as wrong (`decided_by="rules_undecided"`).
+
+    truncated: the reply was cut off by the length limit; an answer found only by the last-number
+    fallback then counts as wrong (`decided_by="truncated"`, never sent to the LLM judge).
+    """
     extraction = extract_answer(response)
+    if truncated and extraction.method == "last_number":
+        return Verdict(False, "truncated", extraction.answer, extraction.method, reference)
     match = answers_match(extraction.answer, reference)
     return Verdict(
         correct=bool(match),
@@ -269,7 +278,9 @@ class MathAnswerAsJudge(BaseJudge):
     def rule_verdict(self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput) -> Verdict:
         reference = reference_answer(workflow_task.task.metadata)
         response = workflow_output.metadata.get("final_answer")
-        return judge_answer(None if response is None else str(response), reference)
+        stats = workflow_output.metadata.get("episode_stats") or {}
+        truncated = bool(stats.get("last_reply_truncated")) and not self.settings.score_truncated_by_last_number
+        return judge_answer(None if response is None else str(response), reference, truncated=truncated)
 
     def _reward(self, verdict: Verdict, workflow_output: WorkflowOutput) -> tuple[float, bool]:
         workflow_output.metadata.update(

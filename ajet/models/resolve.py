@@ -13,6 +13,7 @@ from typing import Any
 
 from ajet.models.builtin import (
     LAZY_WEIGHTS_FILE,
+    QWEN25_CODER_NAME,
     RANDOM_QWEN2,
     SMOLLM2_NAME,
     build_random_qwen2,
@@ -62,6 +63,10 @@ def _resolve_builtin(name: str) -> Path:
         from ajet.models.smollm2 import resolve_smollm2
 
         return resolve_smollm2(root)
+    if name == QWEN25_CODER_NAME:
+        from ajet.models.qwen25_coder import resolve_qwen25_coder
+
+        return resolve_qwen25_coder(root)
     known = ", ".join(f"builtin:{n}" for n in list_builtins())
     raise ModelResolutionError(f"unknown built-in model 'builtin:{name}'; known built-ins: {known}")
 

@@ -1,4 +1,7 @@
-"""`task_reader.type: dataset_file` (alias `jsonl_dataset_file`): tasks from local .jsonl/.json/.parquet/.csv files."""
+"""`task_reader.type: dataset_file` (alias `jsonl_dataset_file`): tasks from local .jsonl/.json/.parquet/.csv files.
+
+Any of them may be compressed (`train.jsonl.gz`): `datasets` decompresses by file extension.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +16,37 @@ from ajet.task_reader.rows import rows_to_tasks
 
 # File suffix -> the `datasets` builder that reads it.
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# Compression suffixes `datasets` (through fsspec) opens transparently, so `train.jsonl.gz` is a
+# `.jsonl` file to the builder.
+COMPRESSIONS = (".gz", ".bz2", ".xz")
+
+
+def data_suffix(path: Path) -> str:
+    """The format suffix of a data file, past a compression suffix: `train.jsonl.gz` -> `.jsonl`."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def data_stem(path: Path) -> str:
+    """The file name without its format and compression suffixes: `train.jsonl.gz` -> `train`."""
+    name = path.name
+    if path.suffix.lower() in COMPRESSIONS:
+        name = name[: -len(path.suffix)]
+    suffix = data_suffix(path)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
 def load_rows(path: Path, key: str = "") -> Any:
     """The rows of one data file as a `datasets.Dataset` (iterates as dicts)."""
     import datasets
 
-    builder = BUILDERS.get(path.suffix.lower())
+    builder = BUILDERS.get(data_suffix(path))
     if builder is None:
         raise TaskReaderError(
             f"{key + ': ' if key else ''}cannot read {path}: unsupported suffix {path.suffix!r} "
-            f"(supported: {', '.join(BUILDERS)})",
+            f"(supported: {', '.join(BUILDERS)}, each optionally compressed: {', '.join(COMPRESSIONS)})",
             key=key,
             value=str(path),
         )

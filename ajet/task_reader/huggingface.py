@@ -1,8 +1,8 @@
 """`task_reader.type: huggingface_dat_repo`: a dataset by hub id, or a local copy of one.
 
 `dataset_path` may be
-- a local directory of `<split>.jsonl|.json|.parquet|.csv` files (what scripts/download_dataset.py
-  writes), also `<split>-00000-of-00001.parquet` shards as in a hub snapshot, looked up in
+- a local directory of `<split>.jsonl|.json|.parquet|.csv` files, optionally compressed
+  (`<split>.jsonl.gz`, as the GSM8K copy in `data/gsm8k` is; what scripts/download_dataset.py writes), also `<split>-00000-of-00001.parquet` shards as in a hub snapshot, looked up in
   `<dir>/<dataset_name>/`, `<dir>/`, and their `data/` folders;
 - a directory written by `Dataset(Dict).save_to_disk`;
 - a single data file (every split reads it);
@@ -16,7 +16,7 @@ from typing import Any
 
 from ajet.schema import Task
 from ajet.task_reader.base import TaskReader
-from ajet.task_reader.dataset_file import BUILDERS, load_rows
+from ajet.task_reader.dataset_file import BUILDERS, data_stem, data_suffix, load_rows
 from ajet.task_reader.errors import TaskReaderError
 from ajet.task_reader.rows import rows_to_tasks
 
@@ -72,7 +72,7 @@ def _load_local_dir(root: Path, dataset_name: str | None, split: str) -> tuple[A
         if split not in files:
             raise _unknown_split(split, folder, sorted(files))
         chosen = files[split]
-        builder = BUILDERS[chosen[0].suffix.lower()]
+        builder = BUILDERS[data_suffix(chosen[0])]
         if len(chosen) == 1:
             return load_rows(chosen[0], f"{KEY}.dataset_path"), str(chosen[0])
         rows = datasets.load_dataset(builder, data_files=[str(p) for p in chosen], split="train")
@@ -97,12 +97,12 @@ def _candidate_folders(root: Path, dataset_name: str | None) -> list[Path]:
 
 
 def _split_files(folder: Path) -> dict[str, list[Path]]:
-    """split name -> its files: `train.jsonl`, or shards `train-00000-of-00002.parquet`."""
+    """split name -> its files: `train.jsonl` (or `train.jsonl.gz`), or shards `train-00000-of-00002.parquet`."""
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in BUILDERS:
+        if not path.is_file() or data_suffix(path) not in BUILDERS:
             continue
-        split = path.stem.split("-", 1)[0]
+        split = data_stem(path).split("-", 1)[0]
         found.setdefault(split, []).append(path)
     return found
 

@@ -126,7 +126,9 @@ class EpisodeTracker:
         turns: requests answered by the engine; calls: sampled choices (n per request);
         tool_calls / format_errors: parsed tool calls and malformed tool-call replies;
         prompt_tokens / response_tokens: summed over calls; truncations: replies cut by max_tokens
-        plus requests refused by a limit; splices / splice_misses: see ajet.tracker.splice;
+        plus requests refused by a limit; length_cuts: replies cut by max_tokens (the per-turn cap or
+        the context window); last_reply_truncated: 1 when the episode's last reply was one of them
+        (a judge should not read an answer into it); splices / splice_misses: see ajet.tracker.splice;
         drift: 1 when the drift check found a difference.
         """
         calls = self.calls
@@ -146,6 +148,8 @@ class EpisodeTracker:
             "prompt_tokens": float(sum(len(c.prompt_ids) for c in calls)),
             "response_tokens": float(sum(len(c.response_ids) for c in calls)),
             "truncations": float(length_cuts + counters["turn_limit_hits"] + counters["prompt_limit_hits"]),
+            "length_cuts": float(length_cuts),
+            "last_reply_truncated": float(bool(calls) and calls[-1].finish_reason == "length"),
             "turn_limit_hits": float(counters["turn_limit_hits"]),
             "prompt_limit_hits": float(counters["prompt_limit_hits"]),
             "splices": float(counters["splices"]),

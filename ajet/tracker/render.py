@@ -9,6 +9,7 @@ conversation compare equal.
 
 from __future__ import annotations
 
+import json
 import weakref
 from typing import Any
 
@@ -44,9 +45,7 @@ def normalize_message(message: Message) -> Message:
                 {
                     "id": call.get("id", ""),
                     "type": "function",
-                    # Arguments stay as sent (usually a JSON string): ajet's and Qwen2.5's templates print a
-                    # string verbatim, and re-serialising would change the tokens the model sees.
-                    "function": {"name": fn.get("name", ""), "arguments": fn.get("arguments", {})},
+                    "function": {"name": fn.get("name", ""), "arguments": tool_call_arguments(fn.get("arguments", {}))},
                 }
             )
         out["tool_calls"] = calls
@@ -56,6 +55,27 @@ def normalize_message(message: Message) -> Message:
         if message.get("name") is not None:
             out["name"] = message["name"]
     return out
+
+
+def tool_call_arguments(arguments: Any) -> Any:
+    """Tool-call arguments as chat templates expect them: a JSON-object string parsed into a mapping.
+
+    OpenAI clients send arguments as a JSON string. Qwen2.5's own template (and most others) applies
+    `tojson` to them, which would print that string a second time, quoted and escaped
+    (`"arguments": "{\"code\": ...}"`), something the model never wrote. As vLLM does before rendering,
+    the string is parsed; `tojson` then prints `{"code": ...}` with json.dumps' default separators and
+    no ASCII escaping, exactly what ajet's tool-call parser returns for what the model sampled, so the
+    tokens of the model's own calls are unchanged. A string that is not a JSON object stays a string
+    (ajet's template prints it verbatim).
+    """
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            return arguments
+        if isinstance(parsed, dict):
+            return parsed
+    return arguments
 
 
 def normalize_messages(messages: list[Message]) -> list[Message]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ajet.config import AjetConfig
 from ajet.rollout import RolloutRunner
-from ajet.rollout.metrics import summarize_episodes
+from ajet.rollout.metrics import WORKFLOW_PREFIX, episode_tool_calls, summarize_episodes
 from ajet.schema import EpisodeResult, Task
 
 logger = logging.getLogger(__name__)
@@ -67,10 +67,14 @@ def write_eval_report(path: Path, metrics: dict[str, float], episodes: Sequence[
                 "reward": e.reward,
                 "is_success": e.is_success,
                 "turns": e.num_turns,
-                "tool_calls": e.metrics.get("tool_calls", 0),
+                "tool_calls": episode_tool_calls(e),
+                "format_errors": e.metrics.get("format_errors", 0),
+                "last_reply_truncated": e.metrics.get("last_reply_truncated", 0),
+                "workflow_metrics": {k[len(WORKFLOW_PREFIX):]: v for k, v in e.metrics.items() if k.startswith(WORKFLOW_PREFIX)},
                 "response_tokens": sum(s.num_trained_tokens for s in e.samples),
                 "final_answer": (e.output.metadata.get("final_answer") if e.output else None),
                 "reference": e.task.metadata.get("reference_answer"),
+                "judge_method": (e.output.metadata.get("judge_method") if e.output else None),
                 "error": (e.error or e.judge_error or "").splitlines()[0] if (e.error or e.judge_error) else None,
             }
             for e in episodes

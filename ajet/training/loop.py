@@ -22,9 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ajet.config import AjetConfig
+from ajet.logging.summary import StepProgress, run_report
 from ajet.rollout.groups import GroupProducer
 from ajet.rollout.metrics import summarize_episodes
 from ajet.rollout.task_stream import TaskStream
@@ -100,27 +99,27 @@ class TrainingLoop:
             current_version=lambda: stack.engine.policy_version,
         )
         self.metrics_logger = MetricsLogger.from_config(self.run_dir, cfg)
-        last_saved = step
+        last_saved, finished = step, False
         try:
             if tc.val_before_train and val_tasks:
                 await self._validate(val_tasks, step)
-            bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
+            progress = StepProgress(total_steps, initial=step)
             while step < total_steps:
                 metrics = await self.step(step)
                 step += 1
                 self.metrics_logger.log(metrics, step)
                 self.history.append(metrics)
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics.get('rollout/reward_mean', 0):.3f}", loss=f"{metrics.get('train/loss', 0):.4f}")
+                progress.step_done(metrics)
                 if tc.save_freq and step % tc.save_freq == 0:
                     self._save(step)
                     last_saved = step
                 if tc.test_freq and val_tasks and step % tc.test_freq == 0:
                     await self._validate(val_tasks, step)
-            bar.close()
+            progress.close()
             if step != last_saved:
                 self._save(step)
                 last_saved = step
+            finished = True
         except (KeyboardInterrupt, asyncio.CancelledError):
             logger.warning("interrupted at step %d", step)
             if step != last_saved:
@@ -134,6 +133,8 @@ class TrainingLoop:
                 self.metrics_logger.log({"async/dropped_at_shutdown": float(len(leftover))}, step)
             self.metrics_logger.close()
             stack.close()
+        if finished:
+            print(run_report(self.run_dir))  # first vs last step, the plot, where SwanLab and logview are
         return 0
 
     async def step(self, step: int) -> dict[str, float]:

@@ -49,4 +49,6 @@ class ExampleMathLearn(Workflow):
 
         reply = await agent.reply(Msg("user", workflow_task.task.main_query, role="user"))
         final_answer = reply.get_text_content() or ""
-        return WorkflowOutput(reward=None, metadata={"final_answer": final_answer, **python.metadata()})
+        return WorkflowOutput(
+            reward=None, metadata={"final_answer": final_answer, **python.metadata()}, log_metrics=python.log_metrics()
+        )

@@ -40,7 +40,9 @@ class ExampleMathLearn(Workflow):
         )
         state = await agent.ainvoke({"messages": [{"role": "user", "content": workflow_task.task.main_query}]})
         final_answer = _last_model_text(state["messages"])
-        return WorkflowOutput(reward=None, metadata={"final_answer": final_answer, **python.metadata()})
+        return WorkflowOutput(
+            reward=None, metadata={"final_answer": final_answer, **python.metadata()}, log_metrics=python.log_metrics()
+        )
 
 
 def _last_model_text(messages: list) -> str:

@@ -35,4 +35,6 @@ class ExampleMathLearn(Workflow):
                 for call in message.tool_calls:
                     output = await python.run_openai_tool_call(call.function.name, call.function.arguments)
                     messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
-        return WorkflowOutput(reward=None, metadata={"final_answer": final_answer, **python.metadata()})
+        return WorkflowOutput(
+            reward=None, metadata={"final_answer": final_answer, **python.metadata()}, log_metrics=python.log_metrics()
+        )

@@ -46,4 +46,6 @@ class ExampleMathLearn(Workflow):
                     function = call["function"]
                     output = await python.run_openai_tool_call(function["name"], function.get("arguments"))
                     messages.append({"role": "tool", "tool_call_id": call["id"], "content": output})
-        return WorkflowOutput(reward=None, metadata={"final_answer": final_answer, **python.metadata()})
+        return WorkflowOutput(
+            reward=None, metadata={"final_answer": final_answer, **python.metadata()}, log_metrics=python.log_metrics()
+        )

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from ajet.config import AjetConfig
-from ajet.tools import get_python_executor
+from ajet.tools import ExecutionResult, get_python_executor
 from tutorial.example_math_agent.prompts import TOOL_NAME
 
 
@@ -24,13 +24,17 @@ class PythonToolSession:
         self.calls_without_output = 0
         self.failed_calls = 0
 
-    async def run(self, code: str) -> str:
-        """Execute `code` and return the tool message text the model reads next."""
+    async def execute(self, code: str) -> ExecutionResult:
+        """Execute `code`, count it, and return the executor's result (stdout, errors, exit code)."""
         result = await self.executor.arun(code)
         self.calls += 1
         self.calls_without_output += int(result.printed_nothing)
         self.failed_calls += int(not result.ok)
-        return result.to_agent_text()
+        return result
+
+    async def run(self, code: str) -> str:
+        """Execute `code` and return the tool message text the model reads next."""
+        return (await self.execute(code)).to_agent_text()
 
     async def run_openai_tool_call(self, name: str, arguments: str | None) -> str:
         """Execute one OpenAI-format tool call (arguments as a JSON string); see `run_tool_call`."""
@@ -58,6 +62,16 @@ class PythonToolSession:
             "python_tool_calls": self.calls,
             "tool_calls_without_output": self.calls_without_output,
             "python_tool_errors": self.failed_calls,
+        }
+
+    def log_metrics(self) -> dict[str, float]:
+        """For `WorkflowOutput.log_metrics`: `tool_calls` is what ajet's tool-call rate counts (a
+        workflow's own count replaces the proxy's count of parsed <tool_call>s, which code run from
+        plain ```python blocks never has)."""
+        return {
+            "tool_calls": float(self.calls),
+            "tool_calls_without_output": float(self.calls_without_output),
+            "tool_errors": float(self.failed_calls),
         }
 
 

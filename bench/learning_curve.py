@@ -1,0 +1,284 @@
+#!/usr/bin/env python
+"""Does the tutorial agent learn? A measured learning curve on the real model, with a control.
+
+Trains the Math Agent tutorial as shipped (tutorial/example_math_agent/math_agent.yaml, the real
+`builtin:qwen2.5-coder-0.5b-instruct`) for `--steps` GRPO steps, and evaluates the same held-out
+GSM8K test questions (the first `--eval-tasks` of the test split) greedily before and after, through
+the product's own validation (`trainer_common.val_before_train` / `test_freq`, temperature 0). Then
+the same for the control arm: the same number of steps with every advantage flipped
+(`TrainingLoop(advantage_sign=-1)`), which must not improve. Each arm runs in its own child process,
+one after the other, so its peak RSS is its own.
+
+    python bench/learning_curve.py --steps 30 --eval-tasks 50
+    python bench/learning_curve.py --steps 2 --eval-tasks 4 --arms policy     # a pilot
+    python bench/learning_curve.py --steps 30 rollout.temperature=1.0         # overrides go to every arm
+
+Cost on a 2-core CPU: a GRPO step of the tutorial's defaults, plus a greedy pass over the held-out
+questions three times (before; after each arm); see bench/RESULTS.md, section 7, for the measured
+step time, and run it under `nice` on a shared machine. tests/test_learning_curve_bench.py runs it
+end to end on a tiny random model (structure only).
+
+Reported per arm: held-out accuracy, tool-call rate, share of tool calls whose code printed nothing,
+format-error rate, turns, tokens and truncated turns before/after; reward per step; the share of
+groups with zero reward variance (they carry no GRPO signal); seconds per step split into rollout
+and update; peak RSS and checkpoint size. Writes JSON (bench/results/learning_curve-*.json) and a
+PNG (bench/results/learning_curve.png: reward per step, before/after bars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO))
+from _common import RESULTS_DIR, environment, print_table, write_results  # noqa: E402
+
+TUTORIAL_YAML = REPO / "tutorial" / "example_math_agent" / "math_agent.yaml"
+ARMS = {"policy": 1.0, "control": -1.0}  # advantage sign
+
+
+# ------------------------------------------------------------------ one arm (child process)
+
+
+def arm_overrides(args: argparse.Namespace, arm: str, run_dir: Path) -> list[str]:
+    return [
+        *args.overrides,
+        f"trainer_common.experiment_dir={run_dir}",
+        f"trainer_common.total_training_steps={args.steps}",
+        f"trainer_common.test_freq={args.steps}",  # validate once, after the last step
+        # The policy arm measures the starting point; the control starts from the same weights.
+        f"trainer_common.val_before_train={'true' if arm == 'policy' else 'false'}",
+        f"trainer_common.val_max_num_task_each_validation={args.eval_tasks}",
+        "trainer_common.save_freq=0",  # one (adapter) checkpoint at the end
+        "trainer_common.logger=[jsonl]",
+        "trainer_common.resume=never",
+    ]
+
+
+def run_arm(args: argparse.Namespace) -> None:
+    from ajet.config import load_config
+    from ajet.training import TrainingLoop
+
+    run_dir = Path(args.run_dir)
+    cfg = load_config(args.conf, arm_overrides(args, args.child, run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    loop = TrainingLoop(cfg, run_dir, advantage_sign=ARMS[args.child])
+    asyncio.run(loop.run())
+
+
+# ------------------------------------------------------------------ reading an arm's run directory
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _validation(run_dir: Path, step: int) -> dict[str, Any] | None:
+    path = run_dir / "validation" / f"step_{step:05d}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def eval_summary(report: dict[str, Any] | None) -> dict[str, float] | None:
+    """The held-out numbers the issue asks for, from a validation report (eval.json format)."""
+    if report is None:
+        return None
+    m, episodes = report["metrics"], report["episodes"]
+    calls = sum(e["tool_calls"] for e in episodes)
+    silent = sum(e.get("workflow_metrics", {}).get("tool_calls_without_output", 0) for e in episodes)
+    return {
+        "accuracy": m["val/accuracy"],
+        "tool_call_rate": m["val/tool_call_rate"],
+        "tool_calls_per_episode": m["val/tool_calls_per_episode"],
+        "silent_tool_call_share": (silent / calls) if calls else 0.0,
+        "format_error_rate": m["val/format_error_rate"],
+        "turns_mean": m["val/turns_mean"],
+        "response_tokens_mean": m["val/response_tokens_mean"],
+        "tokens_per_episode": m["val/tokens_per_episode"],
+        "truncated_turn_rate": m.get("val/truncated_turn_rate", 0.0),
+        "episodes": m["val/episodes"],
+    }
+
+
+def zero_variance_share(run_dir: Path) -> list[float]:
+    """Per step: the share of groups (episodes of one task) whose rewards are all equal."""
+    shares = []
+    for path in sorted((run_dir / "rollouts").glob("step_*.jsonl")):
+        groups: dict[str, list[float]] = defaultdict(list)
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if not record.get("dropped_as_stale"):
+                groups[record["task_id"]].append(float(record["reward"]))
+        shares.append(sum(1 for r in groups.values() if max(r) == min(r)) / len(groups) if groups else 0.0)
+    return shares
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6 if path.exists() else 0.0
+
+
+def arm_report(run_dir: Path, steps: int) -> dict[str, Any]:
+    records = [r for r in _records(run_dir) if "rollout/reward_mean" in r]
+
+    def per_step(key: str) -> list[float]:
+        return [float(r.get(key, 0.0)) for r in records]
+
+    checkpoints = sorted((run_dir / "checkpoints").glob("global_step_*")) if (run_dir / "checkpoints").exists() else []
+    rollout_s, train_s = per_step("timing/rollout_s"), per_step("timing/train_s")
+    return {
+        "steps_done": len(records),
+        "reward_per_step": per_step("rollout/reward_mean"),
+        "train_accuracy_per_step": per_step("rollout/success_rate"),
+        "train_tool_call_rate_per_step": per_step("rollout/tool_call_rate"),
+        "truncated_turn_rate_per_step": per_step("rollout/truncated_turn_rate"),
+        "zero_variance_group_share_per_step": zero_variance_share(run_dir),
+        "rollout_s_per_step": rollout_s,
+        "update_s_per_step": train_s,
+        "step_s_median": statistics.median(per_step("timing/step_s")) if records else None,
+        "rollout_s_median": statistics.median(rollout_s) if records else None,
+        "update_s_median": statistics.median(train_s) if records else None,
+        "before": eval_summary(_validation(run_dir, 0)),
+        "after": eval_summary(_validation(run_dir, steps)),
+        "checkpoint_mb": _dir_mb(checkpoints[-1]) if checkpoints else None,
+    }
+
+
+# ------------------------------------------------------------------ the plot
+
+
+def write_plot(report: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = report["arms"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    for name, arm in arms.items():
+        rewards = arm["reward_per_step"]
+        steps = list(range(1, len(rewards) + 1))
+        left.plot(steps, rewards, ".-", alpha=0.35, label=f"{name}: reward per step")
+        window = 5
+        if len(rewards) >= window:
+            smooth = [statistics.fmean(rewards[max(0, i - window + 1) : i + 1]) for i in range(len(rewards))]
+            left.plot(steps, smooth, "-", linewidth=2, label=f"{name}: {window}-step mean")
+    left.set_xlabel("training step")
+    left.set_ylabel("mean episode reward (training rollouts)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+
+    before = report["before"]
+    bars = [("before", before)] + [(f"after ({name})", arm["after"]) for name, arm in arms.items()]
+    bars = [(label, s) for label, s in bars if s is not None]
+    width = 0.8 / max(1, len(bars))
+    for i, (label, s) in enumerate(bars):
+        values = [s["accuracy"], s["tool_call_rate"]]
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(2)]
+        right.bar(xs, values, width=width, label=label)
+        for x, v in zip(xs, values):
+            right.text(x, v + 0.01, f"{100 * v:.0f}%", ha="center", fontsize=7)
+    right.set_xticks([0, 1], ["held-out accuracy", "tool-call rate"])
+    right.set_ylim(0, 1.05)
+    right.set_title(f"{int(before['episodes']) if before else '?'} GSM8K test questions, greedy", fontsize=9)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------ the parent
+
+
+def run_child(args: argparse.Namespace, arm: str, run_dir: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", arm, "--run-dir", str(run_dir), "--conf", str(args.conf),
+           "--steps", str(args.steps), "--eval-tasks", str(args.eval_tasks), *args.overrides]
+    print(f"[{arm}] {' '.join(cmd)}", flush=True)
+    start, load_start = time.time(), os.getloadavg()
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "returncode": proc.returncode,
+        "wall_s": time.time() - start,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux: kilobytes
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="GRPO steps per arm")
+    parser.add_argument("--eval-tasks", type=int, default=50, help="held-out GSM8K test questions (the first N)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--conf", type=Path, default=TUTORIAL_YAML)
+    parser.add_argument("--out-dir", type=Path, default=None, help="run directories (default runs/learning_curve-<time>)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON and the PNG go")
+    parser.add_argument("--child", choices=list(ARMS), help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="key.path=value config overrides for every arm")
+    args = parser.parse_args(argv)
+    if args.child:
+        run_arm(args)
+        return 0
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = args.out_dir or REPO / "runs" / f"learning_curve-{stamp}"
+    report: dict[str, Any] = {"env": environment(), "settings": {
+        "steps": args.steps, "eval_tasks": args.eval_tasks, "conf": str(args.conf.relative_to(REPO) if args.conf.is_relative_to(REPO) else args.conf),
+        "overrides": args.overrides, "command": " ".join(["python", "bench/learning_curve.py", *(argv or sys.argv[1:])]),
+    }, "arms": {}, "processes": {}}
+    for arm in args.arms:
+        run_dir = out_dir / arm
+        report["processes"][arm] = run_child(args, arm, run_dir)
+        report["arms"][arm] = arm_report(run_dir, args.steps)
+        if report["processes"][arm]["returncode"] != 0:
+            print(f"[{arm}] exited with {report['processes'][arm]['returncode']} (its output is above)")
+    report["before"] = next((a["before"] for a in report["arms"].values() if a["before"]), None)
+
+    rows = []
+    for key, label in [("accuracy", "held-out accuracy"), ("tool_call_rate", "tool-call rate"),
+                       ("silent_tool_call_share", "tool calls printing nothing"), ("format_error_rate", "format-error rate"),
+                       ("turns_mean", "turns / episode"), ("response_tokens_mean", "sampled tokens / episode"),
+                       ("truncated_turn_rate", "turns cut by the token cap")]:
+        row = [label, _fmt(report["before"], key)]
+        row += [_fmt(arm["after"], key) for arm in report["arms"].values()]
+        rows.append(row)
+    for key, label in [("step_s_median", "s / step (median)"), ("rollout_s_median", "  rollout s"), ("update_s_median", "  update s")]:
+        rows.append([label, ""] + [f"{arm[key]:.0f}" if arm[key] is not None else "-" for arm in report["arms"].values()])
+    rows.append(["zero-variance groups", ""] + [
+        f"{100 * statistics.fmean(arm['zero_variance_group_share_per_step']):.0f}%" if arm["zero_variance_group_share_per_step"] else "-"
+        for arm in report["arms"].values()])
+    rows.append(["peak RSS (GB)", ""] + [f"{p['peak_rss_mb'] / 1024:.2f}" for p in report["processes"].values()])
+    rows.append(["checkpoint (MB)", ""] + [f"{arm['checkpoint_mb']:.1f}" if arm["checkpoint_mb"] else "-" for arm in report["arms"].values()])
+    print_table(f"learning curve: {args.steps} steps, {args.eval_tasks} held-out questions",
+                ["", "before", *[f"after ({a})" for a in report["arms"]]], rows)
+    path = write_results("learning_curve", report, args.results_dir)
+    plot = write_plot(report, args.results_dir / "learning_curve.png")
+    print(f"wrote {path} and {plot}; run directories under {out_dir}")
+    return 1 if any(p["returncode"] != 0 for p in report["processes"].values()) else 0
+
+
+def _fmt(summary: dict[str, float] | None, key: str) -> str:
+    if summary is None:
+        return "-"
+    value = summary[key]
+    return f"{100 * value:.0f}%" if key.endswith(("rate", "share", "accuracy")) else f"{value:.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
