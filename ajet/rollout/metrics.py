@@ -47,4 +47,8 @@ def summarize_episodes(episodes: Sequence[EpisodeResult], prefix: str = "rollout
         "splice_misses": float(sum(e.metrics.get("splice_misses", 0.0) for e in episodes)),
         "episodes": float(len(episodes)),
     }
+    penalties = [e.metrics["overlong_penalty"] for e in episodes if "overlong_penalty" in e.metrics]
+    if penalties:  # `algorithm.overlong_buffer` is on: the rewards above include these
+        out["overlong_penalty_mean"] = _mean(penalties)
+        out["overlong_penalized_episodes"] = float(sum(1 for p in penalties if p < 0))
     return {prefix + k: v for k, v in out.items()}
