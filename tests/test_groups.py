@@ -301,6 +301,36 @@ async def test_filter_with_async_budget_and_staleness_counts_each_drop_once():
     await producer.close()
 
 
+async def test_filter_with_the_wait_policy_waits_for_a_long_group_then_judges_its_spread():
+    version = {"now": 0}
+    gates: dict[int, asyncio.Event] = {}
+
+    async def run_group(task: Task, index: int) -> list[EpisodeResult]:
+        launched_at = version["now"]
+        gates[index] = asyncio.Event()
+        if index != 2:  # group 2 is the long episode, and all its episodes score 0
+            gates[index].set()
+        await gates[index].wait()
+        rewards = (0.0, 0.0) if index == 2 else (0.0, 1.0)
+        return [_episode(task, r, launched_at, i) for i, r in enumerate(rewards)]
+
+    producer = GroupProducer(
+        run_group, TaskStream(_tasks(20), shuffle=False), batch_size=2, max_staleness=1,
+        stale_policy="wait", current_version=lambda: version["now"], group_filter=_filter(None),
+    )
+    await producer.take()
+    version["now"] = 1
+    producer.step_done()
+    waiting = asyncio.ensure_future(producer.take())
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "the trainer went ahead without the long group"
+    gates[2].set()
+    second = await asyncio.wait_for(waiting, timeout=5)
+    assert [g.launch_index for g in second.filtered] == [2] and not second.dropped
+    assert len(second.groups) >= 2 and 2 not in [g.launch_index for g in second.groups]
+    await producer.close()
+
+
 async def _trained_ids(producer: GroupProducer, steps: int) -> list[list[str]]:
     out = []
     for _ in range(steps):
