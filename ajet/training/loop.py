@@ -159,6 +159,10 @@ class TrainingLoop:
                 train_metrics = await asyncio.to_thread(
                     self.trainer.train_step, batch.samples, batch.advantages, self.cfg.rollout.temperature
                 )
+            elif taken.filtered and not taken.groups:
+                logger.warning("step %d: no group had a reward spread within filter_groups.max_num_gen_batches; no update", step)
+            elif batch.masked_truncated:
+                logger.warning("step %d: every sample was cut by a length limit (mask_truncated_completions); no update", step)
             else:
                 logger.warning("step %d: no trainable tokens in the batch (all episodes failed before sampling?)", step)
             if stack.shares_weights:
