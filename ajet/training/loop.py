@@ -176,7 +176,7 @@ class TrainingLoop:
         metrics = summarize_episodes(episodes + filtered)
         metrics.update(dynamic_sampling_metrics(taken))
         metrics.update({f"train/{k}": float(v) for k, v in train_metrics.items()})
-        judge_s = sum(e.metrics.get("judge_s", 0.0) for e in episodes)
+        judge_s = sum(e.metrics.get("judge_s", 0.0) for e in episodes + filtered)
         metrics.update(
             {
                 "timing/rollout_s": t_rollout,
