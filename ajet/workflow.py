@@ -29,5 +29,5 @@ class Workflow:
         for key, value in kwargs.items():
             setattr(self, key, value)
 
-    async def execute(self, workflow_task: WorkflowTask, tuner: "AjetTuner") -> WorkflowOutput:
+    async def execute(self, workflow_task: WorkflowTask, tuner: AjetTuner) -> WorkflowOutput:
         raise NotImplementedError(f"{type(self).__name__} must implement `async def execute(self, workflow_task, tuner)`")

@@ -74,8 +74,8 @@ def _config(root: Path, model_dir: Path, args: argparse.Namespace, max_staleness
 
 
 def run_once(args: argparse.Namespace, max_staleness: int, policy: str, latency: float, repeat: int) -> dict[str, float]:
-    from ajet.training import TrainingLoop
     from ajet.testing.charset_task import build_char_model
+    from ajet.training import TrainingLoop
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

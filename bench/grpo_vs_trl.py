@@ -31,9 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 for _path in (REPO_ROOT, REPO_ROOT / "bench"):  # run as `python bench/grpo_vs_trl.py` from a checkout
@@ -430,8 +431,8 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
 
     import yaml
 
-    from ajet.training import TrainingLoop
     from ajet.config import load_config
+    from ajet.training import TrainingLoop
 
     t_setup = time.perf_counter()
     result = SideResult(name="ajet")

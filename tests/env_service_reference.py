@@ -18,8 +18,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException

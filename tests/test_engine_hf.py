@@ -511,7 +511,8 @@ def test_logprob_is_taken_before_truncation():
 
 @pytest.mark.slow
 async def test_builtin_qwen_tokenizer_chat_prompt_end_to_end():
-    models = pytest.importorskip("ajet.models")
+    from ajet import models
+
     tok = models.load_tokenizer("builtin:tiny-qwen2-random")
     model = models.load_model("builtin:tiny-qwen2-random").eval()
     text = tok.apply_chat_template(

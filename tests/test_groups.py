@@ -7,11 +7,11 @@ import asyncio
 import pytest
 import torch
 
-from ajet.testing.config import make_config
-from ajet.training.batch import build_training_batch
 from ajet.rollout.groups import EpisodeGroup, GroupProducer
 from ajet.rollout.task_stream import TaskStream
 from ajet.schema import EpisodeResult, Sample, Task
+from ajet.testing.config import make_config
+from ajet.training.batch import build_training_batch
 
 
 def _tasks(n: int) -> list[Task]:

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from ajet.config import AjetConfig
-from ajet.testing.config import make_config
 from ajet.judge.math import (
     MathAnswerAndLlmAsJudge,
     MathAnswerAsJudge,
@@ -22,6 +21,7 @@ from ajet.judge.math import (
     reference_answer,
 )
 from ajet.schema import Task, WorkflowOutput, WorkflowTask
+from ajet.testing.config import make_config
 
 
 def _gsm8k_rows(gsm8k_dir: Path, n: int | None = None) -> list[dict]:

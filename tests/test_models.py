@@ -185,7 +185,7 @@ def test_seeded_init_is_deterministic():
     a = init_random_model(config, seed=0, dtype=torch.float32)
     b = init_random_model(config, seed=0, dtype=torch.float32)
     c = init_random_model(config, seed=1, dtype=torch.float32)
-    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, pa), pb, _pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
 

@@ -11,9 +11,9 @@ ray = pytest.importorskip("ray")
 from ajet.engine.scripted import ScriptedEngine  # noqa: E402
 from ajet.proxy import ProxyServer  # noqa: E402
 from ajet.rollout import RolloutRunner  # noqa: E402
-from ajet.testing.config import make_config  # noqa: E402
 from ajet.rollout.ray_executor import RayWorkflowExecutor  # noqa: E402
 from ajet.schema import Task  # noqa: E402
+from ajet.testing.config import make_config  # noqa: E402
 
 # A path spec: the worker re-imports the class from the file (it cannot be unpickled by name).
 WORKFLOWS = Path(__file__).resolve().parent / "ray_workflows.py"

@@ -9,13 +9,13 @@ import time
 import pytest
 
 from ajet import Workflow, WorkflowOutput
+from ajet.config import AjetConfig
 from ajet.engine.scripted import ScriptedEngine
 from ajet.judge.base import BaseJudge
 from ajet.proxy import ProxyServer
-from ajet.config import AjetConfig
 from ajet.rollout import RolloutRunner
-from ajet.testing.config import make_config
 from ajet.schema import Task
+from ajet.testing.config import make_config
 from ajet.tuner import AjetTuner  # noqa: F401 - imported up front: its first import is slow
 
 

@@ -9,7 +9,6 @@ sampling_params=...) -> TokenOutput` interface, backed by ajet's ScriptedEngine.
 from __future__ import annotations
 
 import argparse
-
 import asyncio
 import json
 import math
@@ -31,10 +30,10 @@ from ajet.backbone.verl.config_translation import (
     compose_verl_config,
     translate_config,
 )
+from ajet.backbone.verl.server_engine import VerlServerEngine, from_verl_sampling_params, to_verl_sampling_params
 from ajet.config import load_config
 from ajet.engine.base import SamplingParams
 from ajet.engine.scripted import ScriptedEngine, scripted_logprob
-from ajet.backbone.verl.server_engine import VerlServerEngine, from_verl_sampling_params, to_verl_sampling_params
 from ajet.judge.base import BaseJudge
 from ajet.schema import Sample, Task, WorkflowOutput
 from ajet.workflow import Workflow
@@ -526,8 +525,8 @@ def agent_loop_env(monkeypatch):
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from ajet.training import user_code
     from ajet.backbone.verl import agent_loop as al
+    from ajet.training import user_code
 
     cfg = math_cfg("rollout.proxy_host=127.0.0.1", "rollout.max_env_worker=2", "rollout.temperature=0.8",
                    "data.max_prompt_length=512", "data.max_response_length=256")
@@ -635,8 +634,8 @@ async def test_agent_loop_turns_a_failed_episode_into_a_zero_reward_row(agent_lo
         async def execute(self, workflow_task, tuner):
             raise RuntimeError("tool server down")
 
-    from ajet.training import user_code
     from ajet.backbone.verl.agent_loop import task_to_extra_info
+    from ajet.training import user_code
 
     monkeypatch.setattr(user_code, "build_workflow_and_judge", lambda c: (Broken, AnswerJudge(config=c)))
     task = Task(main_query="What is 40 + 2?", task_id="t-x", metadata={"reference_answer": "42"})
@@ -691,8 +690,8 @@ async def test_verls_v1_worker_stores_every_sample_of_an_episode_with_its_versio
     from verl.trainer.ppo.v1 import agent_loop_tq
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from ajet.training import user_code
     from ajet.backbone.verl import agent_loop as al
+    from ajet.training import user_code
 
     env = agent_loop_env
     monkeypatch.setattr(user_code, "build_workflow_and_judge", lambda c: (TwoContextsWorkflow, AnswerJudge(config=c)))
@@ -786,10 +785,10 @@ async def test_agent_loop_driven_by_the_hf_engine_keeps_tokens_and_logprobs_alig
     model's own log-softmax at exactly the response tokens."""
     import torch
 
-    from ajet.training import user_code
     from ajet.backbone.verl.agent_loop import task_to_extra_info
     from ajet.engine.hf import HFEngine
     from ajet.models import load_model
+    from ajet.training import user_code
 
     torch.set_num_threads(2)
     monkeypatch.setattr(user_code, "build_workflow_and_judge", lambda c: (AskOnceWorkflow, None))

@@ -151,7 +151,7 @@ class TaskReaderConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _selected_reader_is_complete(self) -> "TaskReaderConfig":
+    def _selected_reader_is_complete(self) -> TaskReaderConfig:
         if self.type == "huggingface_dat_repo" and not self.huggingface_dat_repo.dataset_path:
             raise ValueError(
                 "ajet.task_reader.huggingface_dat_repo.dataset_path is required when task_reader.type is "
@@ -238,7 +238,7 @@ class AlgorithmConfig(Section):
     mask_truncated_completions: bool
 
     @model_validator(mode="after")
-    def _dr_grpo_uses_its_aggregation(self) -> "AlgorithmConfig":
+    def _dr_grpo_uses_its_aggregation(self) -> AlgorithmConfig:
         if self.adv_estimator == "dr_grpo" and self.loss_agg_mode != "seq-mean-token-sum-norm":
             raise ValueError(
                 f"ajet.trainer_common.algorithm.adv_estimator=dr_grpo needs loss_agg_mode "
@@ -271,7 +271,7 @@ class RolloutCorrectionConfig(Section):
     mask_high: PositiveFloat | None
 
     @model_validator(mode="after")
-    def _band_is_ordered(self) -> "RolloutCorrectionConfig":
+    def _band_is_ordered(self) -> RolloutCorrectionConfig:
         if self.mask_low is not None and self.mask_high is not None and self.mask_low >= self.mask_high:
             raise ValueError(
                 f"ajet.trainer_common.rollout_correction.mask_low ({self.mask_low}) must be below "
@@ -321,7 +321,7 @@ class TrainerCommonConfig(Section):
     async_: AsyncConfig = Field(alias="async")
 
     @model_validator(mode="after")
-    def _dual_clip_is_ppo_only(self) -> "TrainerCommonConfig":
+    def _dual_clip_is_ppo_only(self) -> TrainerCommonConfig:
         loss_mode = self.algorithm.policy_loss.loss_mode
         if self.clip_ratio_c is not None and loss_mode != "vanilla":
             raise ValueError(
@@ -379,7 +379,7 @@ class AjetConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _algorithm_fits_the_rollout(self) -> "AjetConfig":
+    def _algorithm_fits_the_rollout(self) -> AjetConfig:
         algorithm = self.trainer_common.algorithm
         if algorithm.filter_groups.enable and self.rollout.num_repeat < 2:
             raise ValueError(
@@ -403,11 +403,3 @@ class AjetConfig(Section):
     def to_yaml(self) -> str:
         """The effective config as YAML under `ajet:`; `load_config` reads it back to an equal config."""
         return yaml.safe_dump({"ajet": self.to_dict()}, sort_keys=False, allow_unicode=True)
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # The loader may extend this class at run time (a default.yaml key without a typed field
-        # yet); such a class cannot be found by name in another process, so a config crosses
-        # process boundaries (Ray, multiprocessing) as plain data and is validated again there.
-        from ajet.config.loader import validate_config
-
-        return (validate_config, (self.to_dict(),))

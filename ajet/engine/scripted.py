@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ajet.engine.base import Completion, GatedEngine, SamplingParams
+from ajet.engine.base import Completion, FinishReason, GatedEngine, SamplingParams
 
 ReplyValue = str | list[int]
 ReplyFn = Callable[..., ReplyValue | Awaitable[ReplyValue]]
@@ -80,7 +80,7 @@ class ScriptedEngine(GatedEngine):
             ids = [int(t) for t in reply]
         if not ids or ids[-1] != self.stop_token_id:
             ids.append(self.stop_token_id)
-        finish_reason = "stop"
+        finish_reason: FinishReason = "stop"
         if len(ids) > params.max_tokens:
             ids = ids[: params.max_tokens]
             finish_reason = "length"

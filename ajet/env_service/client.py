@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from typing_extensions import Self
 
 from ajet.schema import Task, WorkflowTask
 
@@ -78,7 +79,7 @@ class EnvServiceClient:
         self.instance_id: str | None = None
 
     @classmethod
-    def for_task(cls, task: Task) -> "EnvServiceClient | None":
+    def for_task(cls, task: Task) -> EnvServiceClient | None:
         """A client for `task` when it came from an env service (its metadata says where), else None."""
         where = task.metadata.get(METADATA_KEY)
         if not isinstance(where, dict) or not where.get("env_url"):
@@ -141,10 +142,10 @@ class EnvServiceClient:
             if exc.status_code != 404:
                 raise
 
-    async def __aenter__(self) -> "EnvServiceClient":
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     def _require_instance(self) -> str:

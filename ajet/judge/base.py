@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from ajet.config import AjetConfig, default_config
@@ -22,5 +23,7 @@ class BaseJudge:
         for key, value in kwargs.items():
             setattr(self, key, value)
 
-    def compute_reward(self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput) -> tuple[float, bool]:
+    def compute_reward(
+        self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput
+    ) -> tuple[float, bool] | Awaitable[tuple[float, bool]]:
         raise NotImplementedError(f"{type(self).__name__} must implement compute_reward(workflow_task, workflow_output)")

@@ -304,7 +304,7 @@ class MathAnswerAndLlmAsJudge(MathAnswerAsJudge):
     With `llm_judge.enabled: false` (the default) this is exactly `MathAnswerAsJudge`.
     """
 
-    async def compute_reward(  # type: ignore[override]  # async is allowed by BaseJudge
+    async def compute_reward(  # type: ignore[override]  # BaseJudge allows an async compute_reward
         self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput
     ) -> tuple[float, bool]:
         verdict = self.rule_verdict(workflow_task, workflow_output)
@@ -337,7 +337,7 @@ class MathAnswerAndLlmAsJudge(MathAnswerAsJudge):
                     model=model, messages=[{"role": "user", "content": prompt}], temperature=0.0, max_tokens=8
                 )
             text = (completion.choices[0].message.content or "").strip().upper()
-        except Exception as exc:  # network, auth, timeout: the rule verdict stands
+        except Exception as exc:  # noqa: BLE001 - network, auth, timeout: the rule verdict stands
             logger.warning("llm_judge call failed (%s); keeping the rule verdict", exc)
             return None
         if text.startswith("INCORRECT"):

@@ -64,7 +64,7 @@ class JsonlBackend:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run's lifetime
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        record = {"step": step, "time": time.time()}
+        record: dict[str, Any] = {"step": step, "time": time.time()}
         for key, value in metrics.items():
             value = _scalar(value)
             record[key] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)

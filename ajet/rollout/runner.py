@@ -19,8 +19,9 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ajet.config import AjetConfig
 from ajet.engine.base import SamplingParams
@@ -154,13 +155,14 @@ class RolloutRunner:
         started: asyncio.Future[None] = loop.create_future()
 
         def mark_started() -> None:
-            loop.call_soon_threadsafe(lambda: started.done() or started.set_result(None))
+            loop.call_soon_threadsafe(_resolve, started)
 
         future = loop.run_in_executor(
             self._pool, self._run_episode_in_thread, task, repeat_index, episode_id, validation, mark_started
         )
         # Waiting for a free worker thread is not part of the episode's time.
-        await asyncio.wait([started, future], return_when=asyncio.FIRST_COMPLETED)
+        first: list[asyncio.Future[Any]] = [started, future]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         # The thread enforces the timeout itself; this outer bound only catches workflows that block
         # in synchronous code where cancellation cannot reach them. Such a thread is abandoned.
         grace = self.settings.episode_timeout + self.blocked_grace
@@ -190,8 +192,8 @@ class RolloutRunner:
         return loop.run_until_complete(self._episode(task, repeat_index, episode_id, validation))
 
     async def _episode(self, task: Task, repeat_index: int, episode_id: str, validation: bool) -> EpisodeResult:
-        from ajet.proxy import EpisodeLimits
         from ajet.env_service import bind_env
+        from ajet.proxy import EpisodeLimits
         from ajet.tuner import AjetTuner
 
         s = self.settings
@@ -281,8 +283,9 @@ class RolloutRunner:
             reward = output.reward
             if output.is_success is not None:
                 return reward, output.is_success
-            last = reward[-1] if isinstance(reward, list) and reward else reward
-            return reward, bool(last and float(last) > 0)
+            if isinstance(reward, list):
+                return reward, bool(reward) and float(reward[-1]) > 0
+            return reward, float(reward) > 0
         if self.judge is None:
             raise RuntimeError("the workflow returned reward=None but no task_judge.judge_protocol is configured")
         result = self.judge.compute_reward(workflow_task, output)
@@ -323,6 +326,11 @@ class RolloutRunner:
             num_turns=int(stats.get("turns", 0)),
             metrics={**stats, **(timings or {}), "failed": 1.0},
         )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _per_sample_rewards(reward: float | list[float], n_samples: int) -> list[float]:

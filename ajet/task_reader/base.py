@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import random
+
 from ajet.config import AjetConfig
 from ajet.schema import Task
 from ajet.task_reader.rows import FieldMap

@@ -20,6 +20,7 @@ class EnvServiceReader(TaskReader):
 
     def _read(self, split: str) -> list[Task]:
         env = self.cfg.task_reader.env_service
+        assert env.env_url is not None  # the config requires it for this reader
         client = EnvServiceClient(env.env_url, env_type=env.env_type, timeout=env.timeout)
         key = "ajet.task_reader.env_service.env_url"
         try:

@@ -4,8 +4,9 @@ missing column means."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ajet.config.schema import TaskReaderConfig
 from ajet.schema import Task
@@ -84,7 +85,7 @@ def row_to_task(row: Mapping[str, Any], *, index: int, split: str, fields: Field
     messages = row.get("messages")
     query = row.get(fields.query_field)
     if query is None:  # only possible when the row carries `messages` (see _missing_column)
-        query = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+        query = next((m.get("content", "") for m in messages or [] if m.get("role") == "user"), "")
     task_id = str(row[fields.id_field]) if fields.id_field is not None else f"{split}-{index}"
     return Task(
         main_query=str(query),

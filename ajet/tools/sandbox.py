@@ -28,6 +28,7 @@ pid-namespace teardown are then all that bound a fork bomb.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -197,10 +198,8 @@ def _scrubbed_env(workdir: str) -> dict[str, str]:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _collect_output(proc: subprocess.Popen, timeout: float, cap: int) -> tuple[bytes, bytes, bool, bool]:

@@ -34,7 +34,7 @@ from ajet.training.batch import build_training_batch
 from ajet.training.evaluate import evaluate, write_eval_report
 from ajet.training.overlong import apply_overlong_penalty
 from ajet.training.records import append_rollout_log, write_logview_page
-from ajet.training.stack import RolloutStack, build_rollout_stack
+from ajet.training.stack import build_rollout_stack
 
 logger = logging.getLogger(__name__)
 

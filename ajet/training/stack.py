@@ -49,7 +49,14 @@ def build_rollout_stack(cfg: AjetConfig, *, separate_engine_weights: bool = Fals
     the engine during updates. `with_ray` runs workflows in Ray workers (Ray must be running).
     """
     from ajet.engine import build_engine
-    from ajet.models import ensure_tool_template, load_model, load_tokenizer, pick_device, resolve_dtype, resolve_model_path
+    from ajet.models import (
+        ensure_tool_template,
+        load_model,
+        load_tokenizer,
+        pick_device,
+        resolve_dtype,
+        resolve_model_path,
+    )
     from ajet.training.user_code import build_workflow_and_judge
 
     device = pick_device()

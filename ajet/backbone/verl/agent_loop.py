@@ -87,10 +87,10 @@ class WorkerContext:
     """What one agent-loop worker process shares across its episodes."""
 
     def __init__(self, cfg: AjetConfig, server_manager: Any, tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
-        from ajet.training.user_code import build_workflow_and_judge
         from ajet.models import ensure_tool_template
         from ajet.proxy import ProxyServer
         from ajet.rollout import RolloutSettings
+        from ajet.training.user_code import build_workflow_and_judge
 
         self.cfg = cfg
         self.tokenizer = tokenizer

@@ -11,7 +11,7 @@ Unit conventions verl uses that differ from ajet's (the reason most keys are not
   the end", which verl does for any positive frequency at the last step).
 - ajet's `rollout_correction.tis_cap` is verl's token-level truncated IS (`rollout_is: token`);
   the ratio mask band is verl's token-level rejection sampling (`rollout_rs: token_k1`).
-- Algorithms (see `algorithm_keys`): estimator and policy-loss names are verl's own, except
+- Algorithms (see `_algorithm_keys`, `_policy_loss_keys`): estimator and policy-loss names are verl's own, except
   `dr_grpo`, which verl spells as `grpo` without std normalisation; GSPO's and CISPO's own clip
   ranges become the actor's `clip_ratio_low/high` (verl has one range per run); dynamic sampling is
   verl's `algorithm.filter_groups`, which only verl's v1 trainer implements.
@@ -19,13 +19,14 @@ Unit conventions verl uses that differ from ajet's (the reason most keys are not
 
 from __future__ import annotations
 
-import copy
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ajet.config.errors import ConfigError
+from ajet.config.merge import deep_merge
+from ajet.config.schema import AjetConfig, DataConfig, LoraConfig, RolloutConfig, TrainerCommonConfig
 
 # The name our agent loop is registered under in verl (see ajet.backbone.verl.agent_loop).
 AGENT_LOOP_NAME = "ajet_agent"
@@ -58,19 +59,8 @@ class VerlConfigError(ConfigError):
     """An ajet setting that has no faithful verl equivalent, or an `ajet.verl:` key verl lacks."""
 
 
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """`override` merged into a copy of `base`: nested dicts merge, anything else replaces."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def translate_config(
-    cfg: Any,
+    cfg: AjetConfig,
     *,
     model_path: str | None = None,
     train_files: str | list[str] | None = None,
@@ -86,22 +76,153 @@ def translate_config(
     experiment_dir: the run directory; checkpoints go to `<experiment_dir>/checkpoints`.
     agent_loop_config_path: the YAML registering ajet's agent loop in verl's worker processes.
     """
-    r, d, t, lora = cfg.rollout, cfg.data, cfg.trainer_common, cfg.lora
+    _check_translatable(cfg)
+    t = cfg.trainer_common
+    translated = {
+        "algorithm": _algorithm_keys(t),
+        "data": _data_keys(cfg.data, train_files, val_files),
+        "actor_rollout_ref": {
+            "model": _model_keys(model_path or cfg.model.path, cfg.lora),
+            "actor": _actor_keys(t, cfg.data),
+            "ref": {"log_prob_micro_batch_size_per_gpu": t.micro_batch_size},
+            "rollout": _rollout_keys(cfg.rollout, cfg.data, t, agent_loop_config_path),
+        },
+        "trainer": _trainer_keys(cfg, experiment_dir),
+    }
+    if t.n_gpus_per_node == 0:
+        translated = deep_merge(translated, cpu_keys())
+    return deep_merge(translated, cfg.verl)
+
+
+def _check_translatable(cfg: AjetConfig) -> None:
+    """Settings verl cannot mean the same way: refused with the key and the fix."""
+    d, t = cfg.data, cfg.trainer_common
     if d.train_batch_size % t.mini_batch_num:
         raise VerlConfigError(
             f"ajet.data.train_batch_size ({d.train_batch_size}) must be divisible by "
             f"ajet.trainer_common.mini_batch_num ({t.mini_batch_num}) on the verl backbone "
             "(verl's ppo_mini_batch_size counts whole prompts)"
         )
-    verl_algorithm, actor_algorithm = algorithm_keys(t)
-    val = r.val_kwargs
+    _check_algorithm_names(t)
+    if t.n_gpus_per_node == 0 and cfg.lora.lora_rank > 0:
+        raise VerlConfigError(
+            "ajet.lora.lora_rank > 0 with ajet.trainer_common.n_gpus_per_node=0: the CPU rollout "
+            "engine syncs full weights only; set lora.lora_rank=0 or run on GPUs"
+        )
 
+
+def _check_algorithm_names(t: TrainerCommonConfig) -> None:
+    """Estimators and policy losses without a verl 0.9.1 counterpart ajet maps them to are refused."""
+    a = t.algorithm
+    if a.adv_estimator not in VERL_ADV_ESTIMATORS:
+        raise VerlConfigError(
+            f"ajet.trainer_common.algorithm.adv_estimator={a.adv_estimator!r} has no verl 0.9.1 counterpart "
+            f"ajet maps it to; on the verl backbone use one of {', '.join(VERL_ADV_ESTIMATORS)}",
+            key="ajet.trainer_common.algorithm.adv_estimator", value=a.adv_estimator,
+        )
+    loss_mode = a.policy_loss.loss_mode
+    if loss_mode not in VERL_POLICY_LOSSES:
+        raise VerlConfigError(
+            f"ajet.trainer_common.algorithm.policy_loss.loss_mode={loss_mode!r} has no verl 0.9.1 counterpart "
+            f"ajet maps it to; on the verl backbone use one of {', '.join(VERL_POLICY_LOSSES)}",
+            key="ajet.trainer_common.algorithm.policy_loss.loss_mode", value=loss_mode,
+        )
+
+
+def _algorithm_keys(t: TrainerCommonConfig) -> dict[str, Any]:
+    """verl's `algorithm.*` keys: the estimator by verl's name, dynamic sampling, rollout correction.
+
+    Every estimator ajet registers runs on verl's own implementation (`VERL_ADV_ESTIMATORS`):
+    `dr_grpo` is verl's `grpo` with `norm_adv_by_std_in_grpo: false` (ajet requires
+    `loss_agg_mode: seq-mean-token-sum-norm` with it, passed on with its scale by `_policy_loss_keys`);
+    verl's `reinforce_plus_plus_baseline` whitens over tokens, ajet's over episodes.
+    Dynamic sampling: `filter_groups.enable` is verl's `algorithm.filter_groups` (metric `reward`, the
+    episode reward ajet's agent loop reports), implemented by verl's v1 replay buffer (see
+    `_schedule_keys`). verl 0.9.1's v1 buffer ignores `max_num_gen_batches` (it logs so), so there the
+    refills are not capped.
+    The overlong penalty and `mask_truncated_completions` are ajet's, applied by its agent loop to each
+    episode it returns (verl's DAPO reward manager is not in that path: ajet's judge scores episodes).
+    """
+    a = t.algorithm
+    algorithm: dict[str, Any] = {
+        "adv_estimator": VERL_ADV_ESTIMATORS[a.adv_estimator],
+        "norm_adv_by_std_in_grpo": a.norm_adv_by_std_in_grpo and a.adv_estimator != "dr_grpo",
+        "use_kl_in_reward": False,
+        "rollout_correction": rollout_correction_keys(
+            t.rollout_correction.tis_cap, t.rollout_correction.mask_low, t.rollout_correction.mask_high
+        ),
+    }
+    if a.filter_groups.enable:
+        algorithm["filter_groups"] = {
+            "enable": True,
+            "metric": "reward",
+            "max_num_gen_batches": a.filter_groups.max_num_gen_batches,
+        }
+    return algorithm
+
+
+def _policy_loss_keys(t: TrainerCommonConfig) -> dict[str, Any]:
+    """verl's `actor.*` policy-loss keys: the same `policy_loss.loss_mode` names as ajet's registry.
+
+    verl has one clip range per run, so `gspo` / `cispo` put their own range into
+    `clip_ratio_low/high`.
+    """
+    a = t.algorithm
+    loss_mode = a.policy_loss.loss_mode
+    clip = {
+        "vanilla": (t.clip_ratio_low, t.clip_ratio_high),
+        "gspo": (a.policy_loss.gspo_clip_ratio_low, a.policy_loss.gspo_clip_ratio_high),
+        "cispo": (a.policy_loss.cispo_clip_ratio_low, a.policy_loss.cispo_clip_ratio_high),
+    }[loss_mode]
+    actor: dict[str, Any] = {
+        "policy_loss": {"loss_mode": loss_mode},
+        "clip_ratio_low": clip[0],
+        "clip_ratio_high": clip[1],
+        "clip_ratio_c": _NO_DUAL_CLIP if t.clip_ratio_c is None else t.clip_ratio_c,
+        "loss_agg_mode": a.loss_agg_mode,
+    }
+    if a.loss_agg_mode == "seq-mean-token-sum-norm":
+        actor["loss_scale_factor"] = a.loss_scale_factor
+    return actor
+
+
+def _data_keys(d: DataConfig, train_files: str | list[str] | None, val_files: str | list[str] | None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "train_batch_size": d.train_batch_size,
+        "max_prompt_length": d.max_prompt_length,
+        "max_response_length": d.max_response_length,
+        "shuffle": d.shuffle,
+        "seed": d.seed,
+        "return_raw_chat": True,
+        # The workflow renders its own prompts; the dataset's copy is only the first user turn.
+        "filter_overlong_prompts": False,
+        "truncation": "left",
+    }
+    if train_files is not None:
+        data["train_files"] = train_files
+    if val_files is not None:
+        data["val_files"] = val_files
+    return data
+
+
+def _model_keys(model_path: str, lora: LoraConfig) -> dict[str, Any]:
+    model: dict[str, Any] = {"path": model_path}
+    if lora.lora_rank > 0:
+        model.update(
+            lora_rank=lora.lora_rank,
+            lora_alpha=lora.lora_alpha,
+            target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
+        )
+    return model
+
+
+def _actor_keys(t: TrainerCommonConfig, d: DataConfig) -> dict[str, Any]:
     actor = {
         "strategy": "fsdp",
         "ppo_mini_batch_size": d.train_batch_size // t.mini_batch_num,
         "ppo_micro_batch_size_per_gpu": t.micro_batch_size,
         "ppo_epochs": t.ppo_epochs,
-        **actor_algorithm,
+        **_policy_loss_keys(t),
         "entropy_coeff": t.entropy_coeff,
         "use_kl_loss": t.use_kl_loss,
         "kl_loss_coef": t.kl_loss_coef,
@@ -115,8 +236,17 @@ def translate_config(
             "lr_warmup_steps": t.optim.lr_warmup_steps,
         },
     }
+    return actor
 
-    rollout = {
+
+def _rollout_keys(
+    r: RolloutConfig, d: DataConfig, t: TrainerCommonConfig, agent_loop_config_path: str | Path | None
+) -> dict[str, Any]:
+    val = r.val_kwargs
+    agent: dict[str, Any] = {"default_agent_loop": AGENT_LOOP_NAME}
+    if agent_loop_config_path is not None:
+        agent["agent_loop_config_path"] = str(agent_loop_config_path)
+    return {
         "name": "vllm",
         "mode": "async",
         "n": r.num_repeat,
@@ -138,35 +268,12 @@ def translate_config(
             "do_sample": val.do_sample,
             "n": val.num_repeat,
         },
-        "agent": {"default_agent_loop": AGENT_LOOP_NAME},
+        "agent": agent,
     }
-    if agent_loop_config_path is not None:
-        rollout["agent"]["agent_loop_config_path"] = str(agent_loop_config_path)
 
-    model: dict[str, Any] = {"path": model_path or cfg.model.path}
-    if lora.lora_rank > 0:
-        model.update(
-            lora_rank=lora.lora_rank,
-            lora_alpha=lora.lora_alpha,
-            target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
-        )
 
-    data: dict[str, Any] = {
-        "train_batch_size": d.train_batch_size,
-        "max_prompt_length": d.max_prompt_length,
-        "max_response_length": d.max_response_length,
-        "shuffle": d.shuffle,
-        "seed": d.seed,
-        "return_raw_chat": True,
-        # The workflow renders its own prompts; the dataset's copy is only the first user turn.
-        "filter_overlong_prompts": False,
-        "truncation": "left",
-    }
-    if train_files is not None:
-        data["train_files"] = train_files
-    if val_files is not None:
-        data["val_files"] = val_files
-
+def _trainer_keys(cfg: AjetConfig, experiment_dir: str | Path | None) -> dict[str, Any]:
+    t = cfg.trainer_common
     trainer: dict[str, Any] = {
         "project_name": cfg.project_name,
         "experiment_name": cfg.experiment_name,
@@ -185,32 +292,7 @@ def translate_config(
     }
     if experiment_dir is not None:
         trainer["default_local_dir"] = str(Path(experiment_dir) / "checkpoints")
-
-    translated = {
-        "algorithm": {
-            **verl_algorithm,
-            "use_kl_in_reward": False,
-            "rollout_correction": rollout_correction_keys(
-                t.rollout_correction.tis_cap, t.rollout_correction.mask_low, t.rollout_correction.mask_high
-            ),
-        },
-        "data": data,
-        "actor_rollout_ref": {
-            "model": model,
-            "actor": actor,
-            "ref": {"log_prob_micro_batch_size_per_gpu": t.micro_batch_size},
-            "rollout": rollout,
-        },
-        "trainer": trainer,
-    }
-    if t.n_gpus_per_node == 0:
-        if lora.lora_rank > 0:
-            raise VerlConfigError(
-                "ajet.lora.lora_rank > 0 with ajet.trainer_common.n_gpus_per_node=0: the CPU rollout "
-                "engine syncs full weights only; set lora.lora_rank=0 or run on GPUs"
-            )
-        translated = deep_merge(translated, cpu_keys())
-    return deep_merge(translated, dict(cfg.verl or {}))
+    return trainer
 
 
 def cpu_keys() -> dict[str, Any]:
@@ -252,63 +334,6 @@ def cpu_keys() -> dict[str, Any]:
             "rollout": {"name": "hf", "free_cache_engine": False, "agent": {"num_workers": 1}},
         },
     }
-
-
-def algorithm_keys(t: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """verl's `algorithm.*` keys and `actor_rollout_ref.actor.*` keys for `trainer_common` `t`.
-
-    Every estimator and policy loss ajet registers runs on verl's own implementation:
-    - estimators: the same names (`dr_grpo` is verl's `grpo` with `norm_adv_by_std_in_grpo: false`;
-      ajet requires `loss_agg_mode: seq-mean-token-sum-norm` with it, passed on with its scale);
-      verl's `reinforce_plus_plus_baseline` whitens over tokens, ajet's over episodes;
-    - policy losses: the same `policy_loss.loss_mode` names; verl has one clip range per run, so
-      `gspo` / `cispo` put their own range into `clip_ratio_low/high`;
-    - dynamic sampling: `filter_groups.enable` is verl's `algorithm.filter_groups` (metric `reward`,
-      the episode reward ajet's agent loop reports), implemented by verl's v1 replay buffer (see
-      `_schedule_keys`). verl 0.9.1's v1 buffer ignores `max_num_gen_batches` (it logs so), so there the
-      refills are not capped.
-    The overlong penalty and `mask_truncated_completions` are ajet's, applied by its agent loop to each
-    episode it returns (verl's DAPO reward manager is not in that path: ajet's judge scores episodes).
-    """
-    a = t.algorithm
-    if a.adv_estimator not in VERL_ADV_ESTIMATORS:
-        raise VerlConfigError(
-            f"ajet.trainer_common.algorithm.adv_estimator={a.adv_estimator!r} has no verl 0.9.1 counterpart "
-            f"ajet maps it to; on the verl backbone use one of {', '.join(VERL_ADV_ESTIMATORS)}",
-            key="ajet.trainer_common.algorithm.adv_estimator", value=a.adv_estimator,
-        )
-    loss_mode = a.policy_loss.loss_mode
-    if loss_mode not in VERL_POLICY_LOSSES:
-        raise VerlConfigError(
-            f"ajet.trainer_common.algorithm.policy_loss.loss_mode={loss_mode!r} has no verl 0.9.1 counterpart "
-            f"ajet maps it to; on the verl backbone use one of {', '.join(VERL_POLICY_LOSSES)}",
-            key="ajet.trainer_common.algorithm.policy_loss.loss_mode", value=loss_mode,
-        )
-    algorithm: dict[str, Any] = {
-        "adv_estimator": VERL_ADV_ESTIMATORS[a.adv_estimator],
-        "norm_adv_by_std_in_grpo": a.norm_adv_by_std_in_grpo and a.adv_estimator != "dr_grpo",
-    }
-    if a.filter_groups.enable:
-        algorithm["filter_groups"] = {
-            "enable": True,
-            "metric": "reward",
-            "max_num_gen_batches": a.filter_groups.max_num_gen_batches,
-        }
-    clip = {
-        "vanilla": (t.clip_ratio_low, t.clip_ratio_high),
-        "gspo": (a.policy_loss.gspo_clip_ratio_low, a.policy_loss.gspo_clip_ratio_high),
-        "cispo": (a.policy_loss.cispo_clip_ratio_low, a.policy_loss.cispo_clip_ratio_high),
-    }[loss_mode]
-    actor: dict[str, Any] = {
-        "policy_loss": {"loss_mode": loss_mode},
-        "clip_ratio_low": clip[0],
-        "clip_ratio_high": clip[1],
-        "clip_ratio_c": _NO_DUAL_CLIP if t.clip_ratio_c is None else t.clip_ratio_c,
-        "loss_agg_mode": a.loss_agg_mode,
-    }
-    if a.loss_agg_mode == "seq-mean-token-sum-norm":
-        actor["loss_scale_factor"] = a.loss_scale_factor
-    return algorithm, actor
 
 
 def _schedule_keys(max_staleness: int, stale_policy: str, *, filter_groups: bool = False) -> dict[str, Any]:
@@ -387,7 +412,8 @@ def compose_verl_config(translated: Mapping[str, Any]) -> Any:
     try:
         return OmegaConf.merge(base, OmegaConf.create(dict(translated)))
     except ConfigKeyError as exc:
-        raise VerlConfigError(_unknown_key_message(base, exc.full_key), key=f"ajet.verl.{exc.full_key}") from None
+        full_key = exc.full_key or ""
+        raise VerlConfigError(_unknown_key_message(base, full_key), key=f"ajet.verl.{full_key}") from None
 
 
 def _unknown_key_message(base: Any, full_key: str) -> str:

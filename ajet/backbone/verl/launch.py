@@ -26,6 +26,7 @@ import yaml
 
 from ajet.backbone.options import LaunchOptions
 from ajet.config import AjetConfig
+from ajet.processes import RUN_ID_ENV, mark_this_run
 from ajet.tracker.render import content_text
 
 logger = logging.getLogger(__name__)
@@ -105,17 +106,15 @@ def verl_process_env(on_cpu: bool, run_id: str, environ: Any = None) -> dict[str
     environ = os.environ if environ is None else environ
     users = [m for m in environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
     ours = VERL_MODULES + (VERL_CPU_MODULES if on_cpu else [])
-    env = {"VERL_USE_EXTERNAL_MODULES": ",".join(users + [m for m in ours if m not in users])}
+    # The run mark reaches workers Ray starts on other nodes too (see ajet.processes).
+    env = {"VERL_USE_EXTERNAL_MODULES": ",".join(users + [m for m in ours if m not in users]), RUN_ID_ENV: run_id}
     if on_cpu:
-        from ajet.backbone.verl.hf_rollout import RUN_ID_ENV
-
         env.update(
             VERL_PLATFORM="cpu",
             # verl registers its FSDP engine for the devices "cuda" and "npu" only; nothing in the
             # code paths the CPU platform serves is CUDA-specific, so the CPU run uses that engine.
             VERL_ENGINE_DEVICE="cuda",
         )
-        env[RUN_ID_ENV] = run_id
     return env
 
 
@@ -237,7 +236,7 @@ def run(cfg: AjetConfig, options: LaunchOptions, *, find_spec: Callable[[str], A
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_NO_GPU
-    process_env = verl_process_env(on_cpu, run_id=f"{os.getpid()}")
+    process_env = verl_process_env(on_cpu, run_id=mark_this_run())
     os.environ.update(process_env)
     for module in process_env["VERL_USE_EXTERNAL_MODULES"].split(","):
         importlib.import_module(module)  # in this process too, in case verl was imported before
