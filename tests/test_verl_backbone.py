@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -176,6 +177,157 @@ def test_translation_composes_with_verl_defaults_in_struct_mode():
     cfg.verl = {"actor_rollout_ref": {"rollout": {"temprature": 0.5}}}
     with pytest.raises(VerlConfigError, match=r"Did you mean `actor_rollout_ref\.rollout\.temperature`"):
         compose_verl_config(translate_config(cfg))
+
+
+ALGORITHMS = {
+    # name: (ajet overrides, verl adv_estimator, verl norm_adv_by_std_in_grpo, verl loss_mode)
+    "grpo": ([], "grpo", True, "vanilla"),
+    "grpo-no-std": (["trainer_common.algorithm.norm_adv_by_std_in_grpo=false"], "grpo", False, "vanilla"),
+    "dr_grpo": (["trainer_common.algorithm.adv_estimator=dr_grpo",
+                 "trainer_common.algorithm.loss_agg_mode=seq-mean-token-sum-norm"], "grpo", False, "vanilla"),
+    "rloo": (["trainer_common.algorithm.adv_estimator=rloo"], "rloo", True, "vanilla"),
+    "reinforce_plus_plus_baseline": (["trainer_common.algorithm.adv_estimator=reinforce_plus_plus_baseline"],
+                                     "reinforce_plus_plus_baseline", True, "vanilla"),
+    "gspo": (["trainer_common.algorithm.policy_loss.loss_mode=gspo",
+              "trainer_common.algorithm.loss_agg_mode=seq-mean-token-mean"], "grpo", True, "gspo"),
+    "cispo": (["trainer_common.algorithm.policy_loss.loss_mode=cispo"], "grpo", True, "cispo"),
+}
+
+
+def _composed_algorithm(cfg):
+    from omegaconf import OmegaConf
+    from verl.trainer.config import AlgoConfig
+    from verl.utils.config import omega_conf_to_dataclass
+
+    composed = compose_verl_config(translate_config(cfg, train_files="/t.parquet", val_files="/v.parquet"))
+    OmegaConf.resolve(composed)
+    algo = omega_conf_to_dataclass(composed.algorithm, dataclass_type=AlgoConfig)
+    actor = omega_conf_to_dataclass(composed.actor_rollout_ref.actor)
+    return composed, algo, actor
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_every_algorithm_name_composes_onto_verls_own_implementation(name):
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
+
+    overrides, estimator, norm, loss_mode = ALGORITHMS[name]
+    cfg = math_cfg(*overrides)
+    _, algo, actor = _composed_algorithm(cfg)
+    assert (algo.adv_estimator, algo.norm_adv_by_std_in_grpo) == (estimator, norm)
+    assert actor.policy_loss.loss_mode == loss_mode and actor.loss_agg_mode == cfg.trainer_common.algorithm.loss_agg_mode
+    get_adv_estimator_fn(algo.adv_estimator), get_policy_loss_fn(actor.policy_loss.loss_mode)  # verl has both
+    pl = cfg.trainer_common.algorithm.policy_loss
+    expected_clip = {"vanilla": (0.2, 0.28), "gspo": (pl.gspo_clip_ratio_low, pl.gspo_clip_ratio_high),
+                     "cispo": (pl.cispo_clip_ratio_low, pl.cispo_clip_ratio_high)}[loss_mode]
+    assert (actor.clip_ratio_low, actor.clip_ratio_high) == pytest.approx(expected_clip)
+    if name == "dr_grpo":
+        assert actor.loss_scale_factor == cfg.data.max_response_length
+    assert not algo.filter_groups or not algo.filter_groups.enable
+
+
+def _verl_advantages(name: str, rewards, index, response_length: int):
+    import numpy as np
+    import torch
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    overrides, estimator, norm, _ = ALGORITHMS[name]
+    b = len(rewards)
+    token_rewards = torch.zeros(b, response_length)
+    token_rewards[:, -1] = torch.tensor(rewards)
+    kwargs = {"norm_adv_by_std_in_grpo": norm} if estimator == "grpo" else {}
+    adv, _ = get_adv_estimator_fn(estimator)(
+        token_level_rewards=token_rewards, response_mask=torch.ones(b, response_length), index=np.array(index), **kwargs
+    )
+    return adv[:, 0], math_cfg(*overrides).trainer_common.algorithm
+
+
+@pytest.mark.parametrize("name,response_length", [("grpo", 3), ("grpo-no-std", 3), ("dr_grpo", 3), ("rloo", 3),
+                                                    ("reinforce_plus_plus_baseline", 1)])
+def test_ajets_estimators_compute_what_verls_compute(name, response_length):
+    """(verl's reinforce_plus_plus_baseline whitens over tokens, ajet's over episodes: equal for
+    one-token responses.)"""
+    import torch
+
+    from ajet.algo import advantage_estimator
+
+    rewards = [1.0, 0.0, 0.0, 1.0, 0.5, 0.25, 0.25, 0.0, 2.0]
+    index = ["a", "a", "a", "a", "b", "b", "b", "c", "c"]
+    verl_adv, algorithm = _verl_advantages(name, rewards, index, response_length)
+    ours = advantage_estimator(algorithm.adv_estimator)(torch.tensor(rewards), index, algorithm)
+    torch.testing.assert_close(ours, verl_adv.float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "gspo", "cispo"])
+def test_ajets_policy_losses_compute_what_verls_compute_with_the_translated_actor_config(name):
+    import torch
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    from ajet.algo import policy_loss_fn
+
+    overrides = ALGORITHMS[name][0]
+    cfg = math_cfg(*overrides, "data.max_response_length=8")
+    _, _, actor = _composed_algorithm(cfg)
+    actor.global_batch_info["loss_scale_factor"] = actor.loss_scale_factor  # as verl's ppo_loss sets it
+    torch.manual_seed(0)
+    old = -torch.rand(3, 5) * 2
+    base = (old + torch.randn(3, 5) * 0.3).detach()
+    adv = torch.randn(3, 1).expand(3, 5).contiguous()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0]], dtype=torch.float32)
+
+    verl_logp = base.clone().requires_grad_(True)
+    verl_loss, _ = get_policy_loss_fn(actor.policy_loss.loss_mode)(
+        old_log_prob=old, log_prob=verl_logp, advantages=adv, response_mask=mask,
+        loss_agg_mode=actor.loss_agg_mode, config=actor,
+    )
+    verl_loss.backward()
+    ours_logp = base.clone().requires_grad_(True)
+    ours_loss, _ = policy_loss_fn(cfg.trainer_common.algorithm.policy_loss.loss_mode)(
+        ours_logp, old, adv, mask, cfg.trainer_common
+    )
+    ours_loss.backward()
+    torch.testing.assert_close(ours_loss, verl_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_logp.grad, verl_logp.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_staleness,trainer_mode", [(0, "sync"), (2, "colocate_async")])
+def test_dynamic_sampling_selects_verls_v1_group_filter(max_staleness, trainer_mode):
+    from omegaconf import OmegaConf
+
+    cfg = math_cfg("trainer_common.algorithm.filter_groups.enable=true", f"trainer_common.async.max_staleness={max_staleness}")
+    composed, algo, _ = _composed_algorithm(cfg)
+    assert OmegaConf.select(composed, "trainer.use_v1") is True and composed.trainer.v1.trainer_mode == trainer_mode
+    assert algo.filter_groups.enable and algo.filter_groups.metric == "reward"
+    assert algo.filter_groups.max_num_gen_batches == cfg.trainer_common.algorithm.filter_groups.max_num_gen_batches
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    validate_config(config=composed, use_reference_policy=need_reference_policy(composed), use_critic=need_critic(composed))
+
+
+def test_a_null_dual_clip_is_off_on_verl_too():
+    import torch
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    _, _, actor = _composed_algorithm(math_cfg())
+    # ratio 5 on a negative advantage: verl's default dual clip (3.0) would cap the loss at 3
+    logp = torch.tensor([[math.log(5.0)]])
+    loss, _ = get_policy_loss_fn("vanilla")(old_log_prob=torch.zeros(1, 1), log_prob=logp, advantages=-torch.ones(1, 1),
+                                            response_mask=torch.ones(1, 1), loss_agg_mode="token-mean", config=actor)
+    assert loss.item() == pytest.approx(5.0)
+    _, _, with_c = _composed_algorithm(math_cfg("trainer_common.clip_ratio_c=3.0"))
+    assert with_c.clip_ratio_c == 3.0
+
+
+def test_dynamic_sampling_on_verl_without_transfer_queue_says_what_to_install(capsys):
+    from ajet.backbone.verl import launch
+
+    cfg = math_cfg("trainer_common.algorithm.filter_groups.enable=true")
+    present = {"verl", "vllm", "ray"}
+    code = launch.run(cfg, argparse.Namespace(with_logview=False),
+                      find_spec=lambda name: object() if name.split(".")[0] in present else None)
+    assert code == launch.EXIT_MISSING_DEPENDENCIES
+    err = capsys.readouterr().err
+    assert "filter_groups" in err and 'pip install "TransferQueue>=0.1.10"' in err
 
 
 @pytest.mark.parametrize("policy", ["drop", "wait"])
@@ -595,6 +747,29 @@ def test_an_episode_split_into_several_samples_returns_the_last_and_counts_the_r
     assert (out.prompt_ids, out.response_ids, out.response_mask) == ([1, 9], [5, 6, 7], [1, 0, 1])
     assert out.response_logprobs == [-0.3, 0.0, -0.4] and out.reward_score == 0.7
     assert out.extra_fields["ajet_num_samples"] == 2 and out.extra_fields["ajet_dropped_samples"] == 1
+
+
+def test_mask_truncated_completions_zeroes_the_response_mask_of_cut_samples_only():
+    from ajet.backbone.verl.agent_loop import episode_to_agent_loop_outputs
+    from ajet.schema import EpisodeResult
+
+    stopped = _sample([1, 2], [3, 4], [1, 1], [-0.1, -0.2], 0.5, "g", "a")
+    stopped.metadata["finish_reason"] = "length"  # its last reply hit max tokens
+    finished = _sample([1, 2], [5, 6], [1, 1], [-0.1, -0.2], 0.5, "g", "b")
+    finished.metadata["finish_reason"] = "stop"
+    long = _sample([1, 2], [7, 8, 9, 10], [1, 1, 1, 1], [-0.1] * 4, 0.5, "g", "c")  # cut by verl's response length
+
+    def out(sample, mask_truncated):
+        result = EpisodeResult(task=Task(main_query="q", task_id="g"), episode_id=sample.episode_id, repeat_index=0,
+                               samples=[sample], reward=0.5, is_success=True)
+        (o,) = episode_to_agent_loop_outputs(result, tokenizer(), prompt_length=8, response_length=3, keep_all=False,
+                                             mask_truncated=mask_truncated)
+        return o
+
+    assert out(stopped, True).response_mask == [0, 0] and out(stopped, True).reward_score == 0.5
+    assert out(stopped, False).response_mask == [1, 1]
+    assert out(finished, True).response_mask == [1, 1]
+    assert out(long, True).response_mask == [0, 0, 0] and out(long, False).response_mask == [1, 1, 1]
 
 
 class AskOnceWorkflow(Workflow):

@@ -209,6 +209,8 @@ def _run_ajet_on_verl_cpu(tmp_path: Path, **trainer_common) -> list[dict]:
     }
     (tmp_path / "conf.yaml").write_text(yaml.safe_dump(conf))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # This checkout's ajet, not whichever one is installed (the subprocess runs in tmp_path).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, "-m", "ajet", "--conf", str(tmp_path / "conf.yaml"), "--backbone=verl"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
@@ -246,3 +248,16 @@ def test_verls_asynchronous_trainer_on_the_cpu_trains_a_group_one_version_stale(
     assert steps[0]["rollout_corr/log_ppl_abs_diff"] < 1e-3  # on-policy: same weights, same logprobs
     assert steps[1]["training/off_policy/trajectory_staleness/max"] == 1  # overlapped, within the bound
     assert steps[1]["rollout_corr/log_ppl_abs_diff"] > 1e-3  # sampled by the previous policy
+
+
+def test_dynamic_sampling_runs_on_verls_v1_synchronous_trainer_on_the_cpu(tmp_path):
+    """filter_groups.enable (max_staleness 0) selects verl's v1 trainer in `sync` mode with verl's own
+    group filter (which evicts and refills groups whose rewards are all equal); two steps of it run
+    with ajet's agent loop and train on groups with a reward spread."""
+    steps = _run_ajet_on_verl_cpu(
+        tmp_path, save_freq=0, total_epochs=4, algorithm={"filter_groups": {"enable": True}},
+    )
+    assert [s["training/global_step"] for s in steps] == [1, 2]
+    for s in steps:
+        assert s["actor/grad_norm"] > 0
+        assert s["critic/advantages/max"] > 0

@@ -6,8 +6,8 @@ from typing import Literal
 
 import torch
 
-AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
-AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -29,6 +29,7 @@ def agg_loss(
     *,
     num_tokens: float | torch.Tensor | None = None,
     num_seqs: float | torch.Tensor | None = None,
+    scale_factor: float | None = None,
 ) -> torch.Tensor:
     """Aggregate a per-token loss `[B, T]` into a scalar.
 
@@ -36,6 +37,9 @@ def agg_loss(
       - `token-mean`: sum over all unmasked tokens / number of unmasked tokens. Long responses weigh more.
       - `seq-mean-token-sum`: per sequence the token sum, then the mean over sequences.
       - `seq-mean-token-mean`: per sequence the token mean, then the mean over sequences.
+      - `seq-mean-token-sum-norm`: `seq-mean-token-sum` divided by the constant `scale_factor` (Dr. GRPO:
+        the generation budget), so no sequence's tokens are down-weighted for its length and the
+        loss scale does not depend on the batch's lengths.
     Fully masked sequences do not count as sequences.
 
     Gradient accumulation: pass the whole mini-batch's `num_tokens` (token-mean) or `num_seqs` (seq-*)
@@ -47,8 +51,12 @@ def agg_loss(
         return masked_sum(loss_mat, mask) / _at_least_one(denom, loss_mat)
     seq_tokens = mask.sum(dim=-1)  # [B]
     seq_valid = (seq_tokens > 0).to(loss_mat.dtype)
-    if mode == "seq-mean-token-sum":
+    if mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm"):
         seq_loss = masked_sum(loss_mat, mask, dim=-1)
+        if mode == "seq-mean-token-sum-norm":
+            if scale_factor is None or scale_factor <= 0:
+                raise ValueError(f"loss_agg_mode {mode!r} needs a positive scale_factor, got {scale_factor!r}")
+            seq_loss = seq_loss / scale_factor
     elif mode == "seq-mean-token-mean":
         seq_loss = masked_sum(loss_mat, mask, dim=-1) / seq_tokens.clamp(min=1)
     else:

@@ -11,7 +11,10 @@ from ajet.config import AjetConfig
 
 
 def check_config(cfg: AjetConfig, backbone: BackboneName) -> None:
-    """Raise ConfigError for a setting `backbone` cannot honour."""
+    """Raise ConfigError for a setting `backbone` cannot honour (or an algorithm name nobody registered)."""
+    from ajet.algo import check_algorithm_names
+
+    check_algorithm_names(cfg.trainer_common.algorithm)
     if backbone == "debug":
         from ajet.backbone.debug import check_config as check_debug
 

@@ -20,16 +20,9 @@ def check_config(cfg: AjetConfig) -> None:
 
     Called by the launcher before anything heavy starts.
     """
-    from ajet.algo import UnknownAlgorithmError, advantage_estimator
+    from ajet.algo import check_algorithm_names
 
-    try:
-        advantage_estimator(cfg.trainer_common.algorithm.adv_estimator)
-    except UnknownAlgorithmError as exc:
-        raise ConfigError(
-            f"ajet.trainer_common.algorithm.adv_estimator = {cfg.trainer_common.algorithm.adv_estimator!r}: {exc}",
-            key="ajet.trainer_common.algorithm.adv_estimator",
-            value=cfg.trainer_common.algorithm.adv_estimator,
-        ) from None
+    check_algorithm_names(cfg.trainer_common.algorithm)
     one_device = {
         "ajet.rollout.tensor_model_parallel_size": cfg.rollout.tensor_model_parallel_size,
         "ajet.trainer_common.nnodes": cfg.trainer_common.nnodes,

@@ -210,10 +210,45 @@ class LoraConfig(Section):
     target_modules: str | list[str]
 
 
+class PolicyLossConfig(Section):
+    loss_mode: str = Field(min_length=1)  # a registered name (ajet.algo); checked before the run starts
+    gspo_clip_ratio_low: PositiveFloat
+    gspo_clip_ratio_high: PositiveFloat
+    cispo_clip_ratio_low: float = Field(ge=0.0, le=1.0)
+    cispo_clip_ratio_high: PositiveFloat
+
+
+class FilterGroupsConfig(Section):
+    enable: bool
+    max_num_gen_batches: int  # <= 0: no limit (verl's convention)
+
+
+class OverlongBufferConfig(Section):
+    enable: bool
+    len: PositiveInt
+    penalty_factor: NonNegativeFloat
+
+
 class AlgorithmConfig(Section):
-    adv_estimator: str
+    adv_estimator: str = Field(min_length=1)  # a registered name (ajet.algo); checked before the run starts
     norm_adv_by_std_in_grpo: bool
-    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+    loss_scale_factor: PositiveInt | None
+    policy_loss: PolicyLossConfig
+    filter_groups: FilterGroupsConfig
+    overlong_buffer: OverlongBufferConfig
+    mask_truncated_completions: bool
+
+    @model_validator(mode="after")
+    def _dr_grpo_uses_its_aggregation(self) -> AlgorithmConfig:
+        if self.adv_estimator == "dr_grpo" and self.loss_agg_mode != "seq-mean-token-sum-norm":
+            raise ValueError(
+                f"ajet.trainer_common.algorithm.adv_estimator=dr_grpo needs loss_agg_mode "
+                f"seq-mean-token-sum-norm (Dr. GRPO's length-independent aggregation), got "
+                f"{self.loss_agg_mode!r}: pass trainer_common.algorithm.loss_agg_mode=seq-mean-token-sum-norm "
+                "(or use adv_estimator=grpo with norm_adv_by_std_in_grpo=false for the advantage alone)"
+            )
+        return self
 
 
 class OptimConfig(Section):
@@ -287,6 +322,17 @@ class TrainerCommonConfig(Section):
     # `async` is a Python keyword: read it as `cfg.trainer_common.async_`; YAML and dumps say `async`.
     async_: AsyncConfig = Field(alias="async")
 
+    @model_validator(mode="after")
+    def _dual_clip_is_ppo_only(self) -> TrainerCommonConfig:
+        loss_mode = self.algorithm.policy_loss.loss_mode
+        if self.clip_ratio_c is not None and loss_mode != "vanilla":
+            raise ValueError(
+                f"ajet.trainer_common.clip_ratio_c={self.clip_ratio_c} is the dual clip of the PPO loss "
+                f"(policy_loss.loss_mode=vanilla); loss_mode={loss_mode!r} has none: set "
+                "trainer_common.clip_ratio_c=null"
+            )
+        return self
+
     @field_validator("logger", mode="before")
     @classmethod
     def _single_logger(cls, value: Any) -> Any:
@@ -318,6 +364,39 @@ class AjetConfig(Section):
     debug: DebugConfig
     # Passed through untouched to the verl backbone (verl's own config keys).
     verl: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scale_factor_follows_response_length(cls, data: Any) -> Any:
+        # `algorithm.loss_scale_factor: null` means data.max_response_length (Dr. GRPO divides by the
+        # generation budget); resolved here, where both sections are in view, so the trainer and the
+        # verl translation read one number and the effective config.yaml shows it.
+        def section(parent: Any, key: str) -> Any:
+            return parent.get(key) if isinstance(parent, dict) else None
+
+        algorithm = section(section(data, "trainer_common"), "algorithm")
+        length = section(section(data, "data"), "max_response_length")
+        if isinstance(algorithm, dict) and "loss_scale_factor" in algorithm and algorithm["loss_scale_factor"] is None and length is not None:
+            data = deep_merge(data, {"trainer_common": {"algorithm": {"loss_scale_factor": length}}})
+        return data
+
+    @model_validator(mode="after")
+    def _algorithm_fits_the_rollout(self) -> AjetConfig:
+        algorithm = self.trainer_common.algorithm
+        if algorithm.filter_groups.enable and self.rollout.num_repeat < 2:
+            raise ValueError(
+                "ajet.trainer_common.algorithm.filter_groups.enable=true drops groups whose episodes all "
+                f"scored the same, which needs groups of several episodes; ajet.rollout.num_repeat is "
+                f"{self.rollout.num_repeat}: set rollout.num_repeat to 2 or more, or filter_groups.enable=false"
+            )
+        overlong = algorithm.overlong_buffer
+        if overlong.enable and overlong.len >= self.data.max_response_length:
+            raise ValueError(
+                f"ajet.trainer_common.algorithm.overlong_buffer.len ({overlong.len}) must be below "
+                f"ajet.data.max_response_length ({self.data.max_response_length}): the penalty ramps over the "
+                "last `len` tokens before that limit"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain data, without the `ajet:` wrapper (mirrors attribute access)."""

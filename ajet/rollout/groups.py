@@ -3,8 +3,8 @@
 A group is the `num_repeat` episodes of one task (what GRPO normalises over). The producer launches
 groups ahead of the trainer within a staleness budget and the trainer takes finished ones:
 
-    trainer has done k steps  ->  groups with launch index < (k + 1 + max_staleness) * batch_size + dropped
-                                  may be in flight
+    trainer has done k steps  ->  groups with launch index < (k + 1 + max_staleness) * batch_size
+                                  + dropped + refilled  may be in flight
 
 With `max_staleness = 0` only the current step's groups are ever in flight, which is the synchronous
 loop; with s > 0 rollouts for up to s later steps run while the trainer updates. A group whose oldest
@@ -12,6 +12,10 @@ sampled token is more than `max_staleness` policy versions behind the trainer wh
 dropped and counted (never silently), and its slot goes back to the budget so batches stay full;
 or, with `stale_policy="wait"`, the trainer waits for such groups before updating (verl's `drop` /
 `wait` off-policy strategies).
+
+With a `GroupFilter` (dynamic sampling, see ajet.rollout.dynamic_sampling) a fresh group whose
+rewards are all equal is dropped too, and its slot goes back to the budget up to the filter's cap of
+refills per step; past the cap the step ends with the groups it has once nothing more is coming.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ajet.rollout.dynamic_sampling import GroupFilter
 from ajet.rollout.task_stream import TaskStream
 from ajet.schema import EpisodeResult, Task
 
@@ -49,9 +54,15 @@ class EpisodeGroup:
 
 @dataclass
 class TakeResult:
+    """One step's groups: `groups` to train; `dropped` as stale; `filtered` for a zero reward spread
+    (dynamic sampling), of which `refilled` were replaced; `cap_reached` when one could not be."""
+
     groups: list[EpisodeGroup]
     dropped: list[EpisodeGroup] = field(default_factory=list)
     staleness: Counter = field(default_factory=Counter)
+    filtered: list[EpisodeGroup] = field(default_factory=list)
+    refilled: int = 0
+    cap_reached: bool = False
 
 
 class GroupProducer:
@@ -60,6 +71,7 @@ class GroupProducer:
     run_group: coroutine function (task, launch_index) -> list[EpisodeResult] (usually
         `lambda t, i: runner.run_batch([t], num_repeat)`).
     current_version: callable giving the policy version the engine serves now.
+    group_filter: dynamic sampling (None: every fresh group is trained).
     """
 
     def __init__(
@@ -71,6 +83,7 @@ class GroupProducer:
         max_staleness: int = 0,
         stale_policy: str = "drop",
         current_version: Callable[[], int] = lambda: 0,
+        group_filter: GroupFilter | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -90,6 +103,9 @@ class GroupProducer:
         self._launched = 0
         self._taken = 0  # groups handed to the trainer
         self._dropped_total = 0
+        self._filter = group_filter
+        self._filtered_total = 0  # groups dropped by the filter
+        self._refilled_total = 0  # of those, replaced by a new launch
         self._steps_done = 0
         self._start_position = stream.position
 
@@ -101,10 +117,17 @@ class GroupProducer:
         With `stale_policy="wait"`, also wait for every in-flight group that the coming update would
         push past the bound, and train it now: the batch may exceed `batch_size`, but long episodes
         are not dropped for being long (dropping them biases training towards short episodes).
+
+        With a group filter, a fresh group without a reward spread goes to `filtered` and is replaced
+        while the step's refills last; the batch is short only when they ran out and every launched
+        group has arrived.
         """
         result = TakeResult(groups=[])
+        refills_left = self._filter.max_refills if self._filter is not None else 0
         self._fill()
         while len(result.groups) < self.batch_size or self._must_wait_for_in_flight():
+            if self.pending == 0:
+                break  # nothing launched is still to come: only after the filter's refills ran out
             group = await self._finished.get()
             staleness = self._current_version() - group.oldest_version
             result.staleness[staleness] += 1
@@ -116,6 +139,17 @@ class GroupProducer:
                     group.task.task_id, group.oldest_version, self._current_version(), self.max_staleness,
                 )
                 self._fill()  # the dropped slot goes back to the budget
+                continue
+            if self._filter is not None and not self._filter.keeps(group):
+                result.filtered.append(group)
+                self._filtered_total += 1
+                if refills_left is None or refills_left > 0:
+                    refills_left = None if refills_left is None else refills_left - 1
+                    result.refilled += 1
+                    self._refilled_total += 1
+                    self._fill()  # one more task in its place
+                else:
+                    result.cap_reached = True
                 continue
             result.groups.append(group)
             self._taken += 1
@@ -136,12 +170,13 @@ class GroupProducer:
     @property
     def pending(self) -> int:
         """Groups launched but neither taken nor dropped (in flight, or finished and waiting)."""
-        return self._launched - self._taken - self._dropped_total
+        return self._launched - self._taken - self._dropped_total - self._filtered_total
 
     @property
     def consumed_position(self) -> int:
         """Stream position to resume from: everything launched minus what is still pending.
 
+        Groups dropped by the group filter count as consumed: a resumed run does not roll them out again.
         Exact for the synchronous schedule (nothing is pending at a checkpoint). In the asynchronous one,
         groups still pending are re-launched after a resume rather than restored: a resumed run starts
         with an empty queue, as it must, since their tokens came from an older policy.
@@ -151,6 +186,11 @@ class GroupProducer:
     @property
     def dropped_total(self) -> int:
         return self._dropped_total
+
+    @property
+    def filtered_total(self) -> int:
+        """Groups the group filter dropped since this producer started."""
+        return self._filtered_total
 
     async def close(self) -> list[EpisodeGroup]:
         """Stop launching; cancel in-flight groups; return finished-but-untrained groups (to be counted)."""
@@ -166,7 +206,7 @@ class GroupProducer:
     # -- producer side ----------------------------------------------------------------------------
 
     def _budget(self) -> int:
-        return (self._steps_done + 1 + self.max_staleness) * self.batch_size + self._dropped_total
+        return (self._steps_done + 1 + self.max_staleness) * self.batch_size + self._dropped_total + self._refilled_total
 
     def _fill(self) -> None:
         while self._launched < self._budget():

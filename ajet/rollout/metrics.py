@@ -70,4 +70,8 @@ def summarize_episodes(episodes: Sequence[EpisodeResult], prefix: str = "rollout
     }
     for key in sorted({k for e in episodes for k in e.metrics if k.startswith(WORKFLOW_PREFIX)}):
         out[key] = _mean([float(e.metrics[key]) for e in episodes if key in e.metrics])
+    penalties = [e.metrics["overlong_penalty"] for e in episodes if "overlong_penalty" in e.metrics]
+    if penalties:  # `algorithm.overlong_buffer` is on: the rewards above include these
+        out["overlong_penalty_mean"] = _mean(penalties)
+        out["overlong_penalized_episodes"] = float(sum(1 for p in penalties if p < 0))
     return {prefix + k: v for k, v in out.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import string
 from pathlib import Path
 
@@ -117,10 +118,42 @@ class CharSetWorkflow(Workflow):
         return WorkflowOutput(reward=None, metadata={"final_answer": text})
 
 
+def target_share(text: str) -> float:
+    """Share of the characters of `text` in TARGET_CHARS (0 for an empty reply)."""
+    return sum(ch in TARGET_CHARS for ch in text) / len(text) if text else 0.0
+
+
 class CharSetJudge(BaseJudge):
     def compute_reward(self, workflow_task, workflow_output):
-        text = workflow_output.metadata["final_answer"]
-        if not text:
-            return 0.0, False
-        share = sum(ch in TARGET_CHARS for ch in text) / len(text)
+        share = target_share(workflow_output.metadata["final_answer"])
         return share, share >= 0.5
+
+
+class CharSetLevelsJudge(BaseJudge):
+    """The same task with the reward rounded down to quarters: floor(4 * share) / 4.
+
+    Episodes of a group then often score exactly alike (all 0 while the policy is random, all 1 once
+    it has learned), as with the pass/fail rewards of real tasks: what dynamic sampling is for. A
+    random policy scores 0 on about three replies in four.
+    """
+
+    LEVELS = 4
+
+    def compute_reward(self, workflow_task, workflow_output):
+        share = target_share(workflow_output.metadata["final_answer"])
+        return math.floor(share * self.LEVELS) / self.LEVELS, share >= 0.5
+
+
+class CharSetPassJudge(BaseJudge):
+    """Pass/fail: reward 1 when at least a quarter of the reply's characters are targets, else 0.
+
+    A random policy passes about one reply in five, so about one group of 8 in five fails entirely;
+    a trained one passes nearly always, and most groups then pass entirely: groups without a reward
+    spread at both ends, as on real pass/fail tasks.
+    """
+
+    THRESHOLD = 0.25
+
+    def compute_reward(self, workflow_task, workflow_output):
+        passed = target_share(workflow_output.metadata["final_answer"]) >= self.THRESHOLD
+        return float(passed), passed

@@ -77,7 +77,8 @@ def build_samples(
 
     A too-long first prompt keeps its last `max_prompt_tokens` tokens (the ones nearest the reply);
     the response part (everything after the first prompt) and the whole are cut at the end.
-    metadata: prompt_length (tokens before the first sampled reply), num_calls, call_indices.
+    metadata: prompt_length (tokens before the first sampled reply), num_calls, call_indices,
+    finish_reason (of the sample's last call: "length" when max tokens stopped that reply).
     """
     samples: list[Sample] = []
     for b in merge_calls(calls):
@@ -106,7 +107,12 @@ def build_samples(
                 task_id=task_id,
                 episode_id=episode_id,
                 truncated=truncated,
-                metadata={"prompt_length": prompt_len, "num_calls": len(b.call_indices), "call_indices": list(b.call_indices)},
+                metadata={
+                    "prompt_length": prompt_len,
+                    "num_calls": len(b.call_indices),
+                    "call_indices": list(b.call_indices),
+                    "finish_reason": calls[b.call_indices[-1]].finish_reason if b.call_indices else None,
+                },
             )
         )
     return samples

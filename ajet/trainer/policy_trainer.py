@@ -25,7 +25,7 @@ from ajet.algo import (
     kl_penalty,
     logprob_gap_metrics,
     masked_sum,
-    policy_loss,
+    policy_loss_fn,
     ratio_band_mask,
     truncated_is_weights,
 )
@@ -72,7 +72,8 @@ class _MicroBatch:
 
 
 class PolicyTrainer:
-    """GRPO/PPO policy updates for a transformers causal LM, full fine-tuning or LoRA.
+    """Policy-gradient updates for a transformers causal LM, full fine-tuning or LoRA, with the policy
+    loss `cfg.algorithm.policy_loss.loss_mode` names (see ajet.algo.registry).
 
     Args:
         model: the policy (trained in place; wrapped with peft LoRA when `lora.lora_rank > 0`).
@@ -103,6 +104,8 @@ class PolicyTrainer:
         self.device = torch.device(device)
         self.pad_token_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
         self.use_kl = cfg.use_kl_loss
+        # The loss named by `algorithm.policy_loss.loss_mode` (vanilla PPO clip, gspo, cispo, ...).
+        self.policy_loss = policy_loss_fn(cfg.algorithm.policy_loss.loss_mode)
 
         model = model.to(self.device)
         self.is_lora = lora_cfg is not None and lora_cfg.lora_rank > 0
@@ -266,6 +269,7 @@ class PolicyTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         cfg = self.cfg
         mode = cfg.algorithm.loss_agg_mode
+        agg = {"scale_factor": cfg.algorithm.loss_scale_factor}
         micro = cfg.micro_batch_size
 
         # Denominators of the whole mini-batch, so the micro-batch losses add up to its loss.
@@ -289,17 +293,21 @@ class PolicyTrainer:
             if record_trainer_logprobs:
                 for row, s in enumerate(chunk):
                     s.trainer_logprobs = logprobs[row, : s.input_ids.numel()].detach()
-            pg_loss, pg_metrics = policy_loss(
-                logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, cfg.clip_ratio_low, cfg.clip_ratio_high, mode,
-                mb.tis_weights, clip_ratio_c=cfg.clip_ratio_c, num_tokens=num_tokens, num_seqs=num_seqs,
+            pg_loss, pg_metrics = self.policy_loss(
+                logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, cfg,
+                tis_weights=mb.tis_weights, num_tokens=num_tokens, num_seqs=num_seqs,
             )
             loss = pg_loss
             if self.use_kl:
                 kl_mat = kl_penalty(logprobs, mb.ref_logprobs, cfg.kl_loss_type)
-                loss = loss + cfg.kl_loss_coef * agg_loss(kl_mat, mb.loss_mask, mode, num_tokens=num_tokens, num_seqs=num_seqs)
+                loss = loss + cfg.kl_loss_coef * agg_loss(
+                    kl_mat, mb.loss_mask, mode, num_tokens=num_tokens, num_seqs=num_seqs, **agg
+                )
                 out["_kl_sum"] += float(masked_sum(kl_mat.detach(), mb.loss_mask))
             if cfg.entropy_coeff != 0.0:
-                loss = loss - cfg.entropy_coeff * agg_loss(entropy, mb.loss_mask, mode, num_tokens=num_tokens, num_seqs=num_seqs)
+                loss = loss - cfg.entropy_coeff * agg_loss(
+                    entropy, mb.loss_mask, mode, num_tokens=num_tokens, num_seqs=num_seqs, **agg
+                )
             loss.backward()
 
             micro_tokens = float(mb.loss_mask.sum())

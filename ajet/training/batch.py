@@ -11,12 +11,14 @@ from ajet.algo import advantage_estimator
 from ajet.config.schema import AlgorithmConfig
 from ajet.rollout.groups import EpisodeGroup
 from ajet.schema import Sample
+from ajet.training.overlong import is_truncated_completion
 
 
 @dataclass
 class TrainingBatch:
     samples: list[Sample]
     advantages: list[float]  # one per sample: its episode's advantage
+    masked_truncated: int = 0  # samples left out by `mask_truncated_completions`
 
     @property
     def num_tokens(self) -> int:
@@ -31,6 +33,9 @@ def build_training_batch(
 
     `advantage_sign=-1` flips every advantage; it exists for the learning-proof control run (a policy
     trained on flipped advantages must not learn) and is never set by the config.
+
+    With `algorithm.mask_truncated_completions`, a sample cut by a length limit is left out of the
+    batch (no loss on it); its episode's reward still counts in its group's baseline.
     """
     rewards, group_ids, owners = [], [], []
     for group in groups:
@@ -42,11 +47,14 @@ def build_training_batch(
         return TrainingBatch(samples=[], advantages=[])
     estimate = advantage_estimator(algorithm.adv_estimator)
     advantages = estimate(torch.tensor(rewards, dtype=torch.float32), group_ids, algorithm)
-    samples, sample_advantages = [], []
+    samples, sample_advantages, masked = [], [], 0
     for episode, advantage in zip(owners, advantages.tolist()):
         for sample in episode.samples:
             if sample.num_trained_tokens == 0:
                 continue  # nothing sampled (e.g. the prompt alone overflowed): nothing to train
+            if algorithm.mask_truncated_completions and is_truncated_completion(sample):
+                masked += 1
+                continue
             samples.append(sample)
             sample_advantages.append(advantage_sign * advantage)
-    return TrainingBatch(samples=samples, advantages=sample_advantages)
+    return TrainingBatch(samples=samples, advantages=sample_advantages, masked_truncated=masked)

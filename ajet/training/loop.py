@@ -24,12 +24,14 @@ from pathlib import Path
 
 from ajet.config import AjetConfig
 from ajet.logging.summary import StepProgress, run_report
+from ajet.rollout.dynamic_sampling import GroupFilter, dynamic_sampling_metrics
 from ajet.rollout.groups import GroupProducer
 from ajet.rollout.metrics import summarize_episodes
 from ajet.rollout.task_stream import TaskStream
 from ajet.schema import EpisodeResult, Task
 from ajet.training.batch import build_training_batch
 from ajet.training.evaluate import evaluate, write_eval_report
+from ajet.training.overlong import apply_overlong_penalty
 from ajet.training.records import append_rollout_log, write_logview_page
 from ajet.training.stack import build_rollout_stack
 
@@ -97,6 +99,7 @@ class TrainingLoop:
             max_staleness=self.max_staleness,
             stale_policy=tc.async_.stale_policy,
             current_version=lambda: stack.engine.policy_version,
+            group_filter=GroupFilter.from_config(tc.algorithm.filter_groups, batch_size),
         )
         self.metrics_logger = MetricsLogger.from_config(self.run_dir, cfg)
         last_saved, finished = step, False
@@ -144,6 +147,9 @@ class TrainingLoop:
         taken = await self.producer.take()
         t_rollout = time.perf_counter() - t0
         episodes = [e for g in taken.groups for e in g.episodes]
+        # Dynamic sampling's dropped groups are fresh rollouts of this policy: they count in the
+        # rollout metrics (what the policy scores), not in the batch.
+        filtered = [e for g in taken.filtered for e in g.episodes]
         batch = build_training_batch(taken.groups, tc.algorithm, advantage_sign=self.advantage_sign)
 
         t1 = time.perf_counter()
@@ -154,6 +160,10 @@ class TrainingLoop:
                 train_metrics = await asyncio.to_thread(
                     self.trainer.train_step, batch.samples, batch.advantages, self.cfg.rollout.temperature
                 )
+            elif taken.filtered and not taken.groups:
+                logger.warning("step %d: no group had a reward spread within filter_groups.max_num_gen_batches; no update", step)
+            elif batch.masked_truncated:
+                logger.warning("step %d: every sample was cut by a length limit (mask_truncated_completions); no update", step)
             else:
                 logger.warning("step %d: no trainable tokens in the batch (all episodes failed before sampling?)", step)
             if stack.shares_weights:
@@ -164,9 +174,10 @@ class TrainingLoop:
         t_train = time.perf_counter() - t1
         self.producer.step_done()
 
-        metrics = summarize_episodes(episodes)
+        metrics = summarize_episodes(episodes + filtered)
+        metrics.update(dynamic_sampling_metrics(taken))
         metrics.update({f"train/{k}": float(v) for k, v in train_metrics.items()})
-        judge_s = sum(e.metrics.get("judge_s", 0.0) for e in episodes)
+        judge_s = sum(e.metrics.get("judge_s", 0.0) for e in episodes + filtered)
         metrics.update(
             {
                 "timing/rollout_s": t_rollout,
@@ -175,6 +186,7 @@ class TrainingLoop:
                 "timing/step_s": time.perf_counter() - t0,
                 "train/samples": float(len(batch.samples)),
                 "train/tokens": float(batch.num_tokens),
+                "train/masked_truncated_samples": float(batch.masked_truncated),
                 "async/policy_version": float(new_version),
                 "async/dropped_groups": float(len(taken.dropped)),
                 "async/dropped_groups_total": float(self.producer.dropped_total),
@@ -184,7 +196,7 @@ class TrainingLoop:
         )
         for staleness, count in taken.staleness.items():
             metrics[f"async/staleness_hist/{staleness}"] = float(count)
-        append_rollout_log(self.run_dir / "rollouts" / f"step_{step + 1:05d}.jsonl", episodes, taken.dropped)
+        append_rollout_log(self.run_dir / "rollouts" / f"step_{step + 1:05d}.jsonl", episodes, taken.dropped, taken.filtered)
         if self.with_logview:
             advantages = {id(s): a for s, a in zip(batch.samples, batch.advantages)}
             write_logview_page(
@@ -194,7 +206,10 @@ class TrainingLoop:
         return metrics
 
     async def _run_group(self, task: Task, launch_index: int) -> list[EpisodeResult]:
-        return await self.stack.runner.run_batch([task], self.cfg.rollout.num_repeat)
+        episodes = await self.stack.runner.run_batch([task], self.cfg.rollout.num_repeat)
+        # Before the producer sees the group: dynamic sampling judges the shaped rewards.
+        apply_overlong_penalty(episodes, self.cfg.trainer_common.algorithm.overlong_buffer, self.cfg.data.max_response_length)
+        return episodes
 
     async def _validate(self, val_tasks: list[Task], step: int) -> None:
         metrics, episodes = await evaluate(self.stack.runner, val_tasks, num_repeat=self.cfg.rollout.val_kwargs.num_repeat)

@@ -14,15 +14,24 @@ from ajet.schema import EpisodeResult
 logger = logging.getLogger(__name__)
 
 
-def append_rollout_log(path: Path, episodes: Sequence[EpisodeResult], dropped_groups: Sequence[EpisodeGroup]) -> None:
+def append_rollout_log(
+    path: Path,
+    episodes: Sequence[EpisodeResult],
+    dropped_groups: Sequence[EpisodeGroup],
+    filtered_groups: Sequence[EpisodeGroup] = (),
+) -> None:
     """One JSON line per episode of the step (and per dropped one): what ran, what it scored, what failed.
 
+    `dropped_as_stale` marks the episodes of `dropped_groups`, `dropped_by_filter` those of
+    `filtered_groups` (no reward spread: dynamic sampling); the rest were trained.
     Written before the update, so a crash in training still leaves the step's rollouts on disk.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    dropped = [(e, True) for g in dropped_groups for e in g.episodes]
+    rows = [(e, False, False) for e in episodes]
+    rows += [(e, True, False) for g in dropped_groups for e in g.episodes]
+    rows += [(e, False, True) for g in filtered_groups for e in g.episodes]
     with path.open("a", encoding="utf-8") as f:
-        for episode, was_dropped in [(e, False) for e in episodes] + dropped:
+        for episode, was_dropped, was_filtered in rows:
             output = episode.output
             record = {
                 "task_id": episode.task_id,
@@ -36,6 +45,7 @@ def append_rollout_log(path: Path, episodes: Sequence[EpisodeResult], dropped_gr
                 "judge_error": episode.judge_error,
                 "policy_versions": sorted({v for s in episode.samples for v in s.versions}),
                 "dropped_as_stale": was_dropped,
+                "dropped_by_filter": was_filtered,
             }
             f.write(json.dumps(record, default=str) + "\n")
 

@@ -44,6 +44,7 @@ from ajet.backbone.verl.config_translation import AGENT_LOOP_NAME
 from ajet.backbone.verl.server_engine import VerlServerEngine
 from ajet.config import AjetConfig
 from ajet.schema import EpisodeResult, Task
+from ajet.training.overlong import apply_overlong_penalty, is_truncated_completion
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +223,10 @@ class AjetAgentLoop(AgentLoopBase):
             repeat_index = context.next_repeat_index(group_id)
         runner = context.runner_for(sampling_params)
         result = await runner.run_episode(task, repeat_index=int(repeat_index))
+        algorithm = self.ajet_config.trainer_common.algorithm
+        # verl does not tell an agent loop whether it serves validation, so (as with verl's own DAPO
+        # reward manager) validation episodes get the penalty too; the debug backbone's do not.
+        apply_overlong_penalty([result], algorithm.overlong_buffer, self.ajet_config.data.max_response_length)
         await context.record(result)
         outputs = episode_to_agent_loop_outputs(
             result,
@@ -230,6 +235,7 @@ class AjetAgentLoop(AgentLoopBase):
             response_length=self.rollout_config.response_length,
             keep_all=bool(self.config.trainer.get("use_v1", False)),
             policy_version=context.engine.policy_version,
+            mask_truncated=algorithm.mask_truncated_completions,
         )
         return outputs if len(outputs) > 1 else outputs[0]
 
@@ -242,9 +248,12 @@ def episode_to_agent_loop_outputs(
     response_length: int,
     keep_all: bool,
     policy_version: int = 0,
+    mask_truncated: bool = False,
 ) -> list[AgentLoopOutput]:
     """The episode's samples as verl AgentLoopOutputs, each with the episode's reward as `reward_score`:
     all of them with `keep_all` (verl's v1 worker), else only the last (v0; see the module docstring).
+    `mask_truncated` (`algorithm.mask_truncated_completions`): a sample cut by a length limit, here or
+    by verl's response length, gets response_mask 0 (no loss; its reward stays in the group).
 
     An episode without a trained token (the workflow failed before its first model call, or every
     call overflowed) still has to fill its row: its first prompt and one padding token with
@@ -271,7 +280,7 @@ def episode_to_agent_loop_outputs(
         common["reward_extra_info"] = {}
     outputs = [
         _sample_output(sample, result, common, tokenizer, prompt_length=prompt_length,
-                       response_length=response_length, policy_version=policy_version)
+                       response_length=response_length, policy_version=policy_version, mask_truncated=mask_truncated)
         for sample in samples
     ]
     if not outputs:
@@ -291,6 +300,7 @@ def _sample_output(
     prompt_length: int,
     response_length: int,
     policy_version: int,
+    mask_truncated: bool = False,
 ) -> AgentLoopOutput:
     traj = split_sample(sample, prompt_length, response_length)
     extra = dict(
@@ -301,6 +311,8 @@ def _sample_output(
         max_global_steps=max(sample.versions, default=int(policy_version)),
     )
     response_ids, response_mask, response_logprobs = traj.response_ids, traj.response_mask, traj.response_logprobs
+    if mask_truncated and (is_truncated_completion(sample) or traj.response_truncated):
+        response_mask = [0] * len(response_mask)
     if not response_ids:
         response_ids, response_mask, response_logprobs = [pad_token_id(tokenizer)], [0], [0.0]
     return _agent_loop_output(result, traj.prompt_ids, response_ids, response_mask, response_logprobs, float(sample.reward), extra)

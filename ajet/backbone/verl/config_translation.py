@@ -11,6 +11,10 @@ Unit conventions verl uses that differ from ajet's (the reason most keys are not
   the end", which verl does for any positive frequency at the last step).
 - ajet's `rollout_correction.tis_cap` is verl's token-level truncated IS (`rollout_is: token`);
   the ratio mask band is verl's token-level rejection sampling (`rollout_rs: token_k1`).
+- Algorithms (see `_algorithm_keys`, `_policy_loss_keys`): estimator and policy-loss names are verl's own, except
+  `dr_grpo`, which verl spells as `grpo` without std normalisation; GSPO's and CISPO's own clip
+  ranges become the actor's `clip_ratio_low/high` (verl has one range per run); dynamic sampling is
+  verl's `algorithm.filter_groups`, which only verl's v1 trainer implements.
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ _SAVE_ONLY_AT_END = 10**9
 
 # Upper ratio used when only `mask_low` is set (verl's k1 band needs both ends).
 _NO_UPPER_RATIO = 1e9
+
+# ajet advantage estimator -> verl 0.9.1 `algorithm.adv_estimator` (the same computation).
+VERL_ADV_ESTIMATORS: dict[str, str] = {
+    "grpo": "grpo",
+    "dr_grpo": "grpo",  # with norm_adv_by_std_in_grpo false and seq-mean-token-sum-norm: verl's Dr. GRPO recipe
+    "rloo": "rloo",
+    "reinforce_plus_plus_baseline": "reinforce_plus_plus_baseline",
+}
+# ajet policy losses that verl 0.9.1 registers under the same `actor.policy_loss.loss_mode` name.
+VERL_POLICY_LOSSES: tuple[str, ...] = ("vanilla", "gspo", "cispo")
+# verl's vanilla loss always applies the dual clip (its default bound is 3.0); ajet's `clip_ratio_c:
+# null` turns it off, which in verl is a bound no ratio reaches.
+_NO_DUAL_CLIP = 1e9
 
 
 class VerlConfigError(ConfigError):
@@ -86,11 +103,7 @@ def _check_translatable(cfg: AjetConfig) -> None:
             f"ajet.trainer_common.mini_batch_num ({t.mini_batch_num}) on the verl backbone "
             "(verl's ppo_mini_batch_size counts whole prompts)"
         )
-    if t.algorithm.adv_estimator != "grpo":
-        raise VerlConfigError(
-            f"ajet.trainer_common.algorithm.adv_estimator={t.algorithm.adv_estimator!r}: ajet's verl "
-            "backbone runs grpo; set another estimator under ajet.verl.algorithm if you mean it"
-        )
+    _check_algorithm_names(t)
     if t.n_gpus_per_node == 0 and cfg.lora.lora_rank > 0:
         raise VerlConfigError(
             "ajet.lora.lora_rank > 0 with ajet.trainer_common.n_gpus_per_node=0: the CPU rollout "
@@ -98,15 +111,79 @@ def _check_translatable(cfg: AjetConfig) -> None:
         )
 
 
+def _check_algorithm_names(t: TrainerCommonConfig) -> None:
+    """Estimators and policy losses without a verl 0.9.1 counterpart ajet maps them to are refused."""
+    a = t.algorithm
+    if a.adv_estimator not in VERL_ADV_ESTIMATORS:
+        raise VerlConfigError(
+            f"ajet.trainer_common.algorithm.adv_estimator={a.adv_estimator!r} has no verl 0.9.1 counterpart "
+            f"ajet maps it to; on the verl backbone use one of {', '.join(VERL_ADV_ESTIMATORS)}",
+            key="ajet.trainer_common.algorithm.adv_estimator", value=a.adv_estimator,
+        )
+    loss_mode = a.policy_loss.loss_mode
+    if loss_mode not in VERL_POLICY_LOSSES:
+        raise VerlConfigError(
+            f"ajet.trainer_common.algorithm.policy_loss.loss_mode={loss_mode!r} has no verl 0.9.1 counterpart "
+            f"ajet maps it to; on the verl backbone use one of {', '.join(VERL_POLICY_LOSSES)}",
+            key="ajet.trainer_common.algorithm.policy_loss.loss_mode", value=loss_mode,
+        )
+
+
 def _algorithm_keys(t: TrainerCommonConfig) -> dict[str, Any]:
-    return {
-        "adv_estimator": "grpo",
-        "norm_adv_by_std_in_grpo": t.algorithm.norm_adv_by_std_in_grpo,
+    """verl's `algorithm.*` keys: the estimator by verl's name, dynamic sampling, rollout correction.
+
+    Every estimator ajet registers runs on verl's own implementation (`VERL_ADV_ESTIMATORS`):
+    `dr_grpo` is verl's `grpo` with `norm_adv_by_std_in_grpo: false` (ajet requires
+    `loss_agg_mode: seq-mean-token-sum-norm` with it, passed on with its scale by `_policy_loss_keys`);
+    verl's `reinforce_plus_plus_baseline` whitens over tokens, ajet's over episodes.
+    Dynamic sampling: `filter_groups.enable` is verl's `algorithm.filter_groups` (metric `reward`, the
+    episode reward ajet's agent loop reports), implemented by verl's v1 replay buffer (see
+    `_schedule_keys`). verl 0.9.1's v1 buffer ignores `max_num_gen_batches` (it logs so), so there the
+    refills are not capped.
+    The overlong penalty and `mask_truncated_completions` are ajet's, applied by its agent loop to each
+    episode it returns (verl's DAPO reward manager is not in that path: ajet's judge scores episodes).
+    """
+    a = t.algorithm
+    algorithm: dict[str, Any] = {
+        "adv_estimator": VERL_ADV_ESTIMATORS[a.adv_estimator],
+        "norm_adv_by_std_in_grpo": a.norm_adv_by_std_in_grpo and a.adv_estimator != "dr_grpo",
         "use_kl_in_reward": False,
         "rollout_correction": rollout_correction_keys(
             t.rollout_correction.tis_cap, t.rollout_correction.mask_low, t.rollout_correction.mask_high
         ),
     }
+    if a.filter_groups.enable:
+        algorithm["filter_groups"] = {
+            "enable": True,
+            "metric": "reward",
+            "max_num_gen_batches": a.filter_groups.max_num_gen_batches,
+        }
+    return algorithm
+
+
+def _policy_loss_keys(t: TrainerCommonConfig) -> dict[str, Any]:
+    """verl's `actor.*` policy-loss keys: the same `policy_loss.loss_mode` names as ajet's registry.
+
+    verl has one clip range per run, so `gspo` / `cispo` put their own range into
+    `clip_ratio_low/high`.
+    """
+    a = t.algorithm
+    loss_mode = a.policy_loss.loss_mode
+    clip = {
+        "vanilla": (t.clip_ratio_low, t.clip_ratio_high),
+        "gspo": (a.policy_loss.gspo_clip_ratio_low, a.policy_loss.gspo_clip_ratio_high),
+        "cispo": (a.policy_loss.cispo_clip_ratio_low, a.policy_loss.cispo_clip_ratio_high),
+    }[loss_mode]
+    actor: dict[str, Any] = {
+        "policy_loss": {"loss_mode": loss_mode},
+        "clip_ratio_low": clip[0],
+        "clip_ratio_high": clip[1],
+        "clip_ratio_c": _NO_DUAL_CLIP if t.clip_ratio_c is None else t.clip_ratio_c,
+        "loss_agg_mode": a.loss_agg_mode,
+    }
+    if a.loss_agg_mode == "seq-mean-token-sum-norm":
+        actor["loss_scale_factor"] = a.loss_scale_factor
+    return actor
 
 
 def _data_keys(d: DataConfig, train_files: str | list[str] | None, val_files: str | list[str] | None) -> dict[str, Any]:
@@ -145,9 +222,7 @@ def _actor_keys(t: TrainerCommonConfig, d: DataConfig) -> dict[str, Any]:
         "ppo_mini_batch_size": d.train_batch_size // t.mini_batch_num,
         "ppo_micro_batch_size_per_gpu": t.micro_batch_size,
         "ppo_epochs": t.ppo_epochs,
-        "clip_ratio_low": t.clip_ratio_low,
-        "clip_ratio_high": t.clip_ratio_high,
-        "loss_agg_mode": t.algorithm.loss_agg_mode,
+        **_policy_loss_keys(t),
         "entropy_coeff": t.entropy_coeff,
         "use_kl_loss": t.use_kl_loss,
         "kl_loss_coef": t.kl_loss_coef,
@@ -161,8 +236,6 @@ def _actor_keys(t: TrainerCommonConfig, d: DataConfig) -> dict[str, Any]:
             "lr_warmup_steps": t.optim.lr_warmup_steps,
         },
     }
-    if t.clip_ratio_c is not None:
-        actor["clip_ratio_c"] = t.clip_ratio_c
     return actor
 
 
@@ -215,7 +288,7 @@ def _trainer_keys(cfg: AjetConfig, experiment_dir: str | Path | None) -> dict[st
         "val_only": t.val_only,
         "max_actor_ckpt_to_keep": t.max_checkpoints_to_keep,
         **_resume_keys(t.resume),
-        **_schedule_keys(t.async_.max_staleness, t.async_.stale_policy),
+        **_schedule_keys(t.async_.max_staleness, t.async_.stale_policy, filter_groups=t.algorithm.filter_groups.enable),
     }
     if experiment_dir is not None:
         trainer["default_local_dir"] = str(Path(experiment_dir) / "checkpoints")
@@ -263,8 +336,10 @@ def cpu_keys() -> dict[str, Any]:
     }
 
 
-def _schedule_keys(max_staleness: int, stale_policy: str) -> dict[str, Any]:
-    """Synchronous: verl's v0 RayPPOTrainer, which needs only verl's own dependencies.
+def _schedule_keys(max_staleness: int, stale_policy: str, *, filter_groups: bool = False) -> dict[str, Any]:
+    """Synchronous: verl's v0 RayPPOTrainer, which needs only verl's own dependencies; with dynamic
+    sampling (`filter_groups`), verl's v1 trainer in its `sync` mode, the only synchronous trainer of
+    verl 0.9.1 that filters groups (and like every v1 trainer it imports TransferQueue).
 
     Asynchronous (`trainer_common.async.max_staleness > 0`): verl 0.9.1 overlaps rollout and training
     only in its v1 trainer (`colocate_async`: rollout and FSDP share the GPUs, as in ajet's debug
@@ -277,6 +352,8 @@ def _schedule_keys(max_staleness: int, stale_policy: str) -> dict[str, Any]:
     `max_staleness` would drop groups ajet keeps, and a threshold of 1 is synchronous training).
     """
     if max_staleness == 0:
+        if filter_groups:
+            return {"use_v1": True, "v1": {"trainer_mode": "sync"}}
         return {"use_v1": False}
     return {
         "use_v1": True,

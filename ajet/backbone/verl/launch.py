@@ -47,6 +47,13 @@ ASYNC_NEEDS_TRANSFER_QUEUE = (
     '  pip install "TransferQueue>=0.1.10"    (or: pip install "ajet[verl]")\n'
     "or set ajet.trainer_common.async.max_staleness=0 for verl's synchronous trainer."
 )
+FILTER_GROUPS_NEEDS_TRANSFER_QUEUE = (
+    "ajet: trainer_common.algorithm.filter_groups.enable=true on the verl backbone runs verl's v1 trainer "
+    "(the only one of verl 0.9.1 that filters groups), which imports the `transfer_queue` module of the "
+    "TransferQueue package. Install it next to verl:\n"
+    '  pip install "TransferQueue>=0.1.10"    (or: pip install "ajet[verl]")\n'
+    "or set ajet.trainer_common.algorithm.filter_groups.enable=false."
+)
 
 
 def missing_dependencies(find_spec: Callable[[str], Any] = importlib.util.find_spec, *, on_cpu: bool = False) -> list[str]:
@@ -218,9 +225,13 @@ def run(cfg: AjetConfig, options: LaunchOptions, *, find_spec: Callable[[str], A
     if missing:
         print(install_message(missing), file=sys.stderr)
         return EXIT_MISSING_DEPENDENCIES
-    if cfg.trainer_common.async_.max_staleness > 0 and find_spec("transfer_queue") is None:
-        print(ASYNC_NEEDS_TRANSFER_QUEUE, file=sys.stderr)
-        return EXIT_MISSING_DEPENDENCIES
+    if find_spec("transfer_queue") is None:
+        if cfg.trainer_common.async_.max_staleness > 0:
+            print(ASYNC_NEEDS_TRANSFER_QUEUE, file=sys.stderr)
+            return EXIT_MISSING_DEPENDENCIES
+        if cfg.trainer_common.algorithm.filter_groups.enable:
+            print(FILTER_GROUPS_NEEDS_TRANSFER_QUEUE, file=sys.stderr)
+            return EXIT_MISSING_DEPENDENCIES
     problem = None if on_cpu else gpu_problem(cfg.trainer_common.n_gpus_per_node)
     if problem:
         print(problem, file=sys.stderr)
