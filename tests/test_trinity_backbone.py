@@ -157,6 +157,14 @@ def test_missing_trinity_is_one_line_naming_the_install(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # nothing was written
 
 
+@pytest.mark.skipif(HAS_TRINITY, reason="checks the launch where trinity-rft is missing")
+def test_ajet_backbone_trinity_without_trinity_exits_2_with_the_install_line(tmp_path, capsys):
+    code = main(["--conf", str(MATH_YAML), "--backbone=trinity", "--with-ray", "model.path=builtin:tiny-qwen2-random",
+                 f"trainer_common.experiment_dir={tmp_path / 'run'}"])
+    assert code == launch.EXIT_MISSING_DEPENDENCIES
+    assert capsys.readouterr().err.strip() == launch.INSTALL_LINE
+
+
 def test_dry_run_without_trinity_prints_the_translation_and_says_it_was_not_validated(tmp_path):
     cfg = math_cfg(f"trainer_common.experiment_dir={tmp_path / 'run'}")
     text = launch.dry_run_text(cfg, find_spec=lambda name: None)
