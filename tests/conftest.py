@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
-GSM8K_DIR = SHARED / "datasets" / "gsm8k"
+# AJET_GSM8K_DIR points a checkout that has no ../shared (e.g. a git worktree) at the dataset.
+GSM8K_DIR = Path(os.environ.get("AJET_GSM8K_DIR", SHARED / "datasets" / "gsm8k"))
 
 # The working directory is on sys.path for `tutorial.…` dot imports, as it is for the launcher.
 if str(REPO_ROOT) not in sys.path:

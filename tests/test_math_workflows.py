@@ -1,4 +1,4 @@
-"""The four math-agent workflows end to end: real proxy, real sandboxed executor, real judge, real runner.
+"""The six math-agent workflows end to end: real proxy, real sandboxed executor, real judge, real runner.
 
 A random model cannot emit tool calls, so most tests drive the proxy with the scripted engine: its
 first reply calls `execute_python_code` with `print(<the arithmetic>)`, and once a tool response is in
@@ -9,6 +9,7 @@ runs the tiny random model instead, to show the workflows survive real (garbage)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -29,7 +30,15 @@ pytestmark = pytest.mark.network_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 YAML = REPO / "tutorial" / "example_math_agent" / "math_agent.yaml"
-STYLES = ["math_agent", "math_agent_oai_sdk", "math_agent_raw_http", "math_agent_langchain"]
+_NO_AGENTS_SDK = pytest.mark.skipif(importlib.util.find_spec("agents") is None, reason="openai-agents (the dev extra) is not installed")
+STYLES = [
+    "math_agent",
+    "math_agent_oai_sdk",
+    "math_agent_raw_http",
+    "math_agent_langchain",
+    pytest.param("math_agent_openai_agents", marks=_NO_AGENTS_SDK),  # Responses API
+    "math_agent_anthropic",  # Anthropic Messages API
+]
 TOOL_RESPONSE = re.compile(r"<tool_response>\s*(.*?)\s*</tool_response>", re.DOTALL)
 
 
@@ -127,6 +136,18 @@ async def test_turn_limit_ends_an_endless_tool_loop(style, janet, run_episode):
     assert result.error is None, result.error
     assert len(engine.requests) == 3  # the engine never saw a 4th call
     assert result.reward == 0.0
+
+
+@pytest.mark.parametrize("style", [pytest.param("math_agent_openai_agents", marks=_NO_AGENTS_SDK), "math_agent_anthropic"])
+async def test_every_protocol_style_prompts_the_model_with_the_same_tokens(style, janet, run_episode):
+    """Same system prompt, tool and task: the Responses and Messages styles' prompts are token for
+    token the Chat Completions style's, on the first call and on the one after the tool ran."""
+    reference, reference_engine = await run_episode(_config("math_agent_oai_sdk"), solve_with_python(), janet)
+    result, engine = await run_episode(_config(style), solve_with_python(), janet)
+    assert result.error is None and reference.error is None, (result.error, reference.error)
+    assert [r.prompt_ids for r in engine.requests] == [r.prompt_ids for r in reference_engine.requests]
+    assert [s.input_ids for s in result.samples] == [s.input_ids for s in reference.samples]
+    assert result.output.metadata["episode_stats"]["splices"] == 1
 
 
 @pytest.mark.parametrize("style", ["math_agent_oai_sdk", "math_agent"])

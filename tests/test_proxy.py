@@ -393,8 +393,8 @@ async def test_scripted_engine_tokenises_appends_stop_and_truncates():
     assert exact.token_ids == [11, 12, end] and exact.policy_versions == [2, 2, 2]
 
 
-def test_proxy_overhead_bench_runs_and_both_paths_sample_the_same_tokens(tmp_path):
-    """The benchmark's two paths (in-process vs HTTP) must produce identical rollouts to be comparable."""
+def test_proxy_overhead_bench_runs_and_every_path_samples_the_same_tokens(tmp_path):
+    """The benchmark's paths (in-process vs HTTP in each protocol) must produce identical rollouts to be comparable."""
     import subprocess
     import sys
     from pathlib import Path
@@ -403,5 +403,6 @@ def test_proxy_overhead_bench_runs_and_both_paths_sample_the_same_tokens(tmp_pat
     args = ["--engines", "scripted", "--episodes", "2", "--turns", "2", "--concurrency", "2", "--repeats", "1", "--out-dir", str(tmp_path)]
     subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True, timeout=300)
     (result_file,) = tmp_path.glob("proxy_overhead-*.json")
-    (row,) = json.loads(result_file.read_text())["results"]
-    assert row["engine"] == "scripted" and row["calls"] == 4 and row["same_tokens"] is True
+    rows = json.loads(result_file.read_text())["results"]
+    assert [row["protocol"] for row in rows] == ["chat", "responses", "messages"]
+    assert all(row["engine"] == "scripted" and row["calls"] == 4 and row["same_tokens"] is True for row in rows)

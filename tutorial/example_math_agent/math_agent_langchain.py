@@ -1,7 +1,7 @@
 """Math agent, LangChain style: `ChatOpenAI` pointed at the tuner's endpoint + `create_agent`.
 
 LangChain runs the tool loop itself; `ModelCallLimitMiddleware` stops it after
-`rollout.multi_turn.max_steps` model calls, like the other three styles.
+`rollout.multi_turn.max_steps` model calls, like the other styles.
 """
 
 from __future__ import annotations
