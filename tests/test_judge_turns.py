@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from proxy_helpers import ADD_TOOL, add_until_answer, tokenizer
+from proxy_helpers import ADD_TOOL, ANTHROPIC_ADD_TOOL, RESPONSES_ADD_TOOL, add_until_answer, tokenizer
 
 from ajet import Workflow, WorkflowOutput
 from ajet.engine.scripted import ScriptedEngine
@@ -203,3 +203,76 @@ async def test_a_judge_scores_the_tool_calls_of_each_turn(num_tool_turns, judge_
         assert call.name == "add" and call.parsed_arguments() == {"a": i, "b": 2}
         assert turn.content == f"Step {i}."
     assert turns[-1].tool_calls == () and turns[-1].content == "The answer is 42."
+
+
+# -- the same view whichever wire protocol the agent spoke ---------------------------------------------
+
+
+class AddUntilAnswerOverResponses(Workflow):
+    """AddUntilAnswer through the OpenAI Responses API (function_call / function_call_output items)."""
+
+    async def execute(self, workflow_task, tuner):
+        client = tuner.as_raw_openai_sdk_client()
+        items: list[dict] = [{"role": "user", "content": workflow_task.task.main_query}]
+        for _ in range(6):
+            resp = await client.responses.create(model="m", input=items, tools=[RESPONSES_ADD_TOOL])
+            items += [item.model_dump(exclude_none=True) for item in resp.output]
+            calls = [o for o in resp.output if o.type == "function_call"]
+            if not calls:
+                tuner.update_judge_input_dictionary(final_answer=resp.output_text)
+                return WorkflowOutput(reward=None)
+            for call in calls:
+                args = json.loads(call.arguments)
+                items.append({"type": "function_call_output", "call_id": call.call_id, "output": str(args["a"] + args["b"])})
+        return WorkflowOutput(reward=None)
+
+
+class AddUntilAnswerOverMessages(Workflow):
+    """AddUntilAnswer through the Anthropic Messages API (tool_use / tool_result blocks)."""
+
+    async def execute(self, workflow_task, tuner):
+        client = tuner.as_raw_anthropic_sdk_client(max_retries=0)
+        messages: list[dict] = [{"role": "user", "content": workflow_task.task.main_query}]
+        for _ in range(6):
+            msg = await client.messages.create(model="m", max_tokens=128, messages=messages, tools=[ANTHROPIC_ADD_TOOL])
+            messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]})
+            uses = [b for b in msg.content if b.type == "tool_use"]
+            if not uses:
+                tuner.update_judge_input_dictionary(final_answer="".join(b.text for b in msg.content if b.type == "text"))
+                return WorkflowOutput(reward=None)
+            results = [{"type": "tool_result", "tool_use_id": b.id, "content": str(b.input["a"] + b.input["b"])} for b in uses]
+            messages.append({"role": "user", "content": results})
+        return WorkflowOutput(reward=None)
+
+
+@pytest.mark.network_loopback
+@pytest.mark.parametrize("workflow_cls", [AddUntilAnswer, AddUntilAnswerOverResponses, AddUntilAnswerOverMessages])
+async def test_turns_are_the_same_whichever_protocol_the_agent_spoke(workflow_cls):
+    tok = tokenizer()
+    engine = ScriptedEngine(tok, add_until_answer(2))
+    proxy = ProxyServer(engine, tok)
+    proxy.start()
+    ToolCountJudge.seen = []
+    try:
+        runner = RolloutRunner(workflow_cls, ToolCountJudge(), proxy, make_config("rollout.max_env_worker=2"))
+        result = await runner.run_episode(Task(main_query="Add until you reach 42.", task_id="t-add"))
+    finally:
+        proxy.stop()
+
+    assert result.error is None and result.judge_error is None, result.error or result.judge_error
+    assert (result.reward, result.is_success) == (2.0, True)
+    (turns,) = ToolCountJudge.seen
+    assert [t.content for t in turns] == ["Step 0.", "Step 1.", "The answer is 42."]
+    assert [[(c.name, c.parsed_arguments()) for c in t.tool_calls] for t in turns] == [
+        [("add", {"a": 0, "b": 2})], [("add", {"a": 1, "b": 2})], []]
+    assert [t.tools for t in turns] == [(ADD_TOOL,)] * 3  # every protocol's tool shape, as the one OpenAI form
+    for turn, request in zip(turns, engine.requests, strict=True):
+        assert (turn.prompt_tokens, turn.completion_tokens) == (len(request.prompt_ids), len(request.completion.token_ids))
+    # The last request's messages in OpenAI form: the tool results as `tool` messages answering the
+    # earlier replies' tool-call ids, whatever blocks or items the agent sent them in.
+    last = turns[-1].messages
+    assert [m["role"] for m in last] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert [m["content"] for m in last if m["role"] == "tool"] == ["2", "3"]
+    assert [m["tool_call_id"] for m in last if m["role"] == "tool"] == [
+        turns[0].tool_calls[0].id, turns[1].tool_calls[0].id]
+    assert [m["tool_calls"][0]["function"]["name"] for m in last if m["role"] == "assistant"] == ["add", "add"]

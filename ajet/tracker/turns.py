@@ -11,6 +11,11 @@ small, typed, read-only view:
         turn.tool_calls      # (ToolCall(id, name, arguments), ...) parsed from the reply
         turn.prompt_tokens, turn.completion_tokens, turn.finish_reason
 
+Whichever wire protocol the agent spoke (Chat Completions, Responses, Anthropic Messages), the
+proxy records the request in OpenAI chat form, so a judge reads one shape: Responses items and
+Anthropic content blocks appear as OpenAI messages (`tool_calls` on assistant messages, tool results
+as `tool` messages), their tool schemas as OpenAI function tools.
+
 The view is built from copies: a judge may change what it was given without touching what is
 trained. One `Turn` per sampled reply, in the order they were recorded; the `n` choices of one
 request share `index`. Requests the proxy refused (turn or prompt limit) reached no model and are
