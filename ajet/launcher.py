@@ -35,11 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         "trainer_common.optim.lr=1e-6 (the `ajet.` prefix is optional).",
     )
     parser.add_argument("--conf", help="the experiment YAML (top key `ajet:`)")
-    parser.add_argument("--backbone", choices=["debug", "verl"], help="overrides ajet.backbone")
+    parser.add_argument("--backbone", choices=["debug", "verl", "trinity"], help="overrides ajet.backbone")
     parser.add_argument(
         "--with-ray",
         action="store_true",
-        help="debug backbone: run workflows in Ray workers (joins RAY_ADDRESS when set, else starts a local Ray)",
+        help="debug backbone: run workflows in Ray workers (joins RAY_ADDRESS when set, else starts a local "
+        "Ray); verl and trinity always run on Ray and accept it",
     )
     parser.add_argument("--with-logview", action="store_true", help="write token-level logview pages of episodes")
     parser.add_argument(
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
 
-    from ajet.backbone import LaunchOptions, check_config, run
+    from ajet.backbone import LaunchOptions, check_config, dry_run_text, run
     from ajet.config import ConfigError, load_config, resolve_experiment_dir
     from ajet.training.user_code import resolve_user_classes
 
@@ -89,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_config(cfg, cfg.backbone)
         if args.dry_run:
             print_dry_run(cfg, workflow_cls, judge_cls)
+            extra = dry_run_text(cfg, cfg.backbone)  # e.g. the translated Trinity config
+            if extra:
+                print(extra)
             return 0
         run_dir = resolve_experiment_dir(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)

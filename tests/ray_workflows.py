@@ -18,3 +18,13 @@ class PidReportingWorkflow(Workflow):
 class RaisingWorkflow(Workflow):
     async def execute(self, workflow_task, tuner):
         raise ValueError("boom in a worker")
+
+
+class JudgeInputWorkflow(Workflow):
+    """Hands its answer to the judge the older way, from inside the Ray worker."""
+
+    async def execute(self, workflow_task, tuner):
+        client = tuner.as_raw_openai_sdk_client()
+        reply = await client.chat.completions.create(model="m", messages=workflow_task.task.init_messages)
+        tuner.update_judge_input_dictionary(final_answer=reply.choices[0].message.content, pid=os.getpid())
+        return WorkflowOutput(reward=None)

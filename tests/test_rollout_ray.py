@@ -65,3 +65,34 @@ async def test_workflow_runs_in_a_ray_worker_and_its_tokens_are_tracked(ray_clus
         failing.close()
     finally:
         proxy.stop()
+
+
+class FinalAnswerJudge:
+    def compute_reward(self, judge_input_dictionary):
+        ok = "42" in judge_input_dictionary["final_answer"]
+        return float(len(judge_input_dictionary["grouped_steps"])), ok
+
+
+@pytest.mark.slow
+async def test_update_judge_input_dictionary_in_a_ray_worker_reaches_the_judge(ray_cluster):
+    import os
+
+    from ajet.imports import import_object
+    from ajet.models import load_tokenizer
+
+    tokenizer = load_tokenizer("builtin:tiny-qwen2-random")
+    proxy = ProxyServer(ScriptedEngine(tokenizer, lambda prompt: "The answer is 42."), tokenizer)
+    proxy.start()
+    spec = f"{WORKFLOWS}->JudgeInputWorkflow"
+    try:
+        runner = RolloutRunner(
+            import_object(spec), FinalAnswerJudge(), proxy, make_config("rollout.episode_timeout=60"),
+            remote=RayWorkflowExecutor(spec),
+        )
+        result = await runner.run_episode(Task(main_query="What is 6*7?", task_id="t0"))
+        runner.close()
+    finally:
+        proxy.stop()
+    assert result.error is None and result.judge_error is None, result.error or result.judge_error
+    assert result.output.metadata["pid"] != os.getpid()  # set in the worker, carried back in the output
+    assert (result.reward, result.is_success) == (1.0, True)  # one turn; the answer reached the judge

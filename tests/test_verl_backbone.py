@@ -583,6 +583,29 @@ async def test_agent_loop_runs_one_ajet_episode_into_an_agent_loop_output(agent_
     assert out.num_turns == 2
 
 
+class ToolCountJudge(BaseJudge):
+    """Scores the number of tool calls in the episode's turns (the judge-sees-every-turn API)."""
+
+    def compute_reward(self, workflow_task, workflow_output, turns):
+        return float(sum(len(t.tool_calls) for t in turns)) + 0.5 * len(turns), True
+
+
+async def test_agent_loops_judge_reads_every_turn_of_the_episode(agent_loop_env, monkeypatch):
+    from ajet.backbone.verl.agent_loop import task_to_extra_info
+    from ajet.training import user_code
+
+    env = agent_loop_env
+    monkeypatch.setattr(user_code, "build_workflow_and_judge", lambda c: (AddToolWorkflow, ToolCountJudge(config=c)))
+    task = Task(main_query="What is 40 + 2?", task_id="t-2", metadata={"reference_answer": "42"})
+    row = {"raw_prompt": task.init_messages, "extra_info": task_to_extra_info(task, 0), "uid": "g-2", "index": 0}
+
+    out = await env.make_loop().run({"temperature": 0.8, "top_p": 1.0, "top_k": -1, "logprobs": True}, **row)
+
+    # one `add` call in the first of two turns: 1 + 0.5 * 2, delivered as verl's reward_score
+    assert out.reward_score == 2.0
+    assert out.extra_fields["ajet_error"] == ""
+
+
 async def test_agent_loop_output_through_verls_postprocess_matches_our_batch(agent_loop_env):
     """verl's own worker code pads our AgentLoopOutputs; samples_to_dataproto must give the same batch."""
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-BackboneName = Literal["debug", "verl"]
+BackboneName = Literal["debug", "verl", "trinity"]
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class LaunchOptions:
     backbone: `--backbone` when given, else `ajet.backbone` (already resolved into the config).
     run_dir: the run's directory (config.yaml is in it; logs, metrics and checkpoints go there).
     with_logview: `--with-logview`: write token-level HTML pages of episodes.
-    with_ray: `--with-ray` (debug backbone): run workflows in Ray workers.
+    with_ray: `--with-ray` (debug backbone): run workflows in Ray workers; verl and trinity always use Ray.
     """
 
     backbone: BackboneName

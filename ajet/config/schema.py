@@ -6,7 +6,7 @@ null (or removed by a broken default file) fails validation instead of silently 
 diverging default. Documentation for each key is the comment beside it in `default.yaml`.
 
 Sections forbid unknown keys (typos get a "did you mean" from the loader), except `task_judge`,
-which keeps extra keys for user judges, and `verl`, a free-form pass-through for the verl backbone.
+which keeps extra keys for user judges, and `verl` / `trinity`, free-form pass-throughs for those backbones.
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ class AjetConfig(Section):
 
     project_name: str = Field(min_length=1)
     experiment_name: str = Field(min_length=1)
-    backbone: Literal["debug", "verl"]
+    backbone: Literal["debug", "verl", "trinity"]
     model: ModelConfig
     data: DataConfig
     rollout: RolloutConfig
@@ -364,6 +364,8 @@ class AjetConfig(Section):
     debug: DebugConfig
     # Passed through untouched to the verl backbone (verl's own config keys).
     verl: dict[str, Any] = Field(default_factory=dict)
+    # Passed through to the trinity backbone (Trinity-RFT's own config keys; Trinity validates them).
+    trinity: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,3 +1,4 @@
-from ajet.judge.base import BaseJudge
+from ajet.judge.base import BaseJudge, call_judge, judge_input_dictionary
+from ajet.tracker.turns import ToolCall, Turn
 
-__all__ = ["BaseJudge"]
+__all__ = ["BaseJudge", "ToolCall", "Turn", "call_judge", "judge_input_dictionary"]

@@ -44,7 +44,9 @@ def _execute_in_worker(
     async def run() -> WorkflowOutput:
         tuner = AjetTuner(base_url, api_key, episode_id)
         try:
-            return await asyncio.wait_for(workflow_cls(config=config).execute(workflow_task, tuner), timeout=timeout)
+            output = await asyncio.wait_for(workflow_cls(config=config).execute(workflow_task, tuner), timeout=timeout)
+            tuner.add_judge_inputs_to(output)  # this tuner is the worker's copy; its values travel in the output
+            return output
         finally:
             await tuner.aclose()
 

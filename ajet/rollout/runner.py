@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from ajet.config import AjetConfig
 from ajet.engine.base import SamplingParams
+from ajet.judge.base import call_judge
 from ajet.schema import EpisodeResult, Sample, Task, WorkflowOutput, WorkflowTask
+from ajet.tracker.turns import Turn
 
 if TYPE_CHECKING:
     from ajet.judge.base import BaseJudge
@@ -228,6 +230,7 @@ class RolloutRunner:
             else:
                 workflow = self.workflow_cls(config=self.config)
                 output = await asyncio.wait_for(workflow.execute(workflow_task, tuner), timeout=s.episode_timeout)
+                tuner.add_judge_inputs_to(output)
             if not isinstance(output, WorkflowOutput):
                 raise TypeError(
                     f"{self.workflow_cls.__name__}.execute returned {type(output).__name__}; "
@@ -254,7 +257,7 @@ class RolloutRunner:
         t1 = time.perf_counter()
         judge_error = None
         try:
-            reward, is_success = await self._score(workflow_task, output)
+            reward, is_success = await self._score(workflow_task, output, tracker.turns())
         except Exception as exc:  # noqa: BLE001
             judge_error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
             logger.warning("judge failed on episode %s: %s", episode_id, judge_error.splitlines()[0])
@@ -278,7 +281,9 @@ class RolloutRunner:
             metrics={**stats, **timings, **{f"workflow/{k}": float(v) for k, v in output.log_metrics.items()}},
         )
 
-    async def _score(self, workflow_task: WorkflowTask, output: WorkflowOutput) -> tuple[float | list[float], bool]:
+    async def _score(
+        self, workflow_task: WorkflowTask, output: WorkflowOutput, turns: tuple[Turn, ...] = ()
+    ) -> tuple[float | list[float], bool]:
         if output.reward is not None:
             reward = output.reward
             if output.is_success is not None:
@@ -288,7 +293,8 @@ class RolloutRunner:
             return reward, float(reward) > 0
         if self.judge is None:
             raise RuntimeError("the workflow returned reward=None but no task_judge.judge_protocol is configured")
-        result = self.judge.compute_reward(workflow_task, output)
+        # The judge's signature says whether it also reads the turns (see ajet.judge.base.call_judge).
+        result = call_judge(self.judge, workflow_task, output, turns)
         if inspect.isawaitable(result):
             result = await result
         if not (isinstance(result, tuple) and len(result) == 2):

@@ -4,5 +4,6 @@ from ajet.tracker.call import LLMCall
 from ajet.tracker.drift import DriftReport
 from ajet.tracker.episode import EpisodeTracker
 from ajet.tracker.limits import EpisodeLimits
+from ajet.tracker.turns import ToolCall, Turn
 
-__all__ = ["DriftReport", "EpisodeLimits", "EpisodeTracker", "LLMCall"]
+__all__ = ["DriftReport", "EpisodeLimits", "EpisodeTracker", "LLMCall", "ToolCall", "Turn"]

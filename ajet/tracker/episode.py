@@ -19,6 +19,7 @@ from ajet.tracker.drift import DriftReport, check_drift
 from ajet.tracker.render import ChatRenderer, Message, end_of_turn_id
 from ajet.tracker.samples import build_samples
 from ajet.tracker.splice import PromptPlan, plan_prompt
+from ajet.tracker.turns import Turn, turns_from_calls
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,10 @@ class EpisodeTracker:
             max_response_tokens=getattr(limits, "max_response_tokens", None),
             max_total_tokens=getattr(limits, "max_total_tokens", None),
         )
+
+    def turns(self) -> tuple[Turn, ...]:
+        """The recorded calls as a judge reads them (copies; see ajet.tracker.turns)."""
+        return turns_from_calls(self.calls)
 
     def drift_report(self, tokenizer: Any = None, final_messages: list[Message] | None = None) -> DriftReport:
         """Drift between the last call's tracked ids and a fresh render (see ajet.tracker.drift).

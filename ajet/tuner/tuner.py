@@ -58,6 +58,20 @@ class AjetTuner(ChatModelBase):
         self.episode_id = episode_id
         self._agentscope_model: OpenAIChatModel | None = None
         self._clients: list[Any] = []  # SDK clients this tuner made (openai / anthropic), closed in aclose()
+        self._judge_inputs: dict[str, Any] = {}
+
+    def update_judge_input_dictionary(self, **values: Any) -> None:
+        """The older AgentScope-tuner way to hand the judge values (`final_answer=...`): they reach it
+        as keys of `workflow_output.metadata` (keys the workflow's own metadata sets win)."""
+        self._judge_inputs.update(values)
+
+    def add_judge_inputs_to(self, output: Any) -> None:
+        """Copy the values given to `update_judge_input_dictionary` into `output.metadata` (a
+        WorkflowOutput); done where the workflow ran, before the output travels to the judge."""
+        metadata = getattr(output, "metadata", None)
+        if isinstance(metadata, dict):
+            for key, value in self._judge_inputs.items():
+                metadata.setdefault(key, value)
 
     def as_oai_baseurl_apikey(self) -> OaiBaseUrlApiKey:
         """For OpenAI clients: `{base_url}/chat/completions` and `{base_url}/responses`."""
