@@ -63,6 +63,7 @@ def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False, with
     the engine during updates. `with_ray` runs workflows in Ray workers (Ray must be running).
     """
     from ajet.engine import build_engine
+    from ajet.engine.vllm_support import choose_engine, vllm_engine_kwargs
     from ajet.models import ensure_tool_template, load_model, load_tokenizer, resolve_model_path
     from ajet.proxy import ProxyServer
     from ajet.rollout import RolloutRunner
@@ -74,23 +75,30 @@ def build_rollout_stack(cfg: Any, *, separate_engine_weights: bool = False, with
     template = ensure_tool_template(tokenizer, mode=cfg.model.chat_template)
     logger.info("chat template: %s", template)
     policy = load_model(model_dir, dtype=pick_dtype(cfg.model.dtype, device, for_training=True), device=device)
+    engine_kind, why = choose_engine(cfg.rollout.engine, model_dir, device=device, num_parameters=policy.num_parameters())
+    logger.info("rollout engine: %s (%s)", engine_kind, why)
     engine_model: Any = policy
-    if cfg.rollout.engine == "vllm":
+    engine_kwargs: dict[str, Any] = {}
+    if engine_kind == "vllm":
         # vLLM loads its own copy from disk and gets new weights through update_weights.
         engine_model = str(model_dir)
         separate_engine_weights = True
+        engine_kwargs = vllm_engine_kwargs(cfg.rollout, model_dir, pick_dtype(cfg.model.dtype, device, for_training=False), device)
     elif separate_engine_weights:
         engine_dtype = pick_dtype(cfg.model.dtype, device, for_training=False)
         engine_model = copy.deepcopy(policy).to(engine_dtype).eval()
         engine_model.requires_grad_(False)
     engine = build_engine(
-        cfg.rollout.engine,
+        engine_kind,
         engine_model,
         tokenizer,
         max_batch_size=cfg.rollout.max_batch_size,
         max_model_len=cfg.rollout.max_model_len,
+        **engine_kwargs,
     )
     engine.start()
+    if engine_kind == "vllm" and engine_kwargs.get("load_format") == "dummy":
+        engine.update_weights(policy.state_dict().items(), version=0)  # weights that exist only in memory
     proxy = ProxyServer(engine, tokenizer, disable_tool_calls=cfg.rollout.force_disable_toolcalls)
     proxy.start()
     workflow_cls, judge = load_workflow_and_judge(cfg)
