@@ -24,7 +24,7 @@ starts a new policy version, so no engine reuses prompts cached by an earlier re
 later turns still hit its own earlier ones).
 
 Also per method: start-up (model load + engine start, to the first generated token), time to first
-token (all episodes' first model calls submitted at once, one token each), memory (resident set of
+token (all episodes' first model calls submitted at once, one token each; first repeat only), memory (resident set of
 the process tree; for vllm, its engine process's), and the distance to the decode floor: one read of
 the weights per decode step at this machine's measured memory bandwidth is the fastest a step can be,
 so at N running episodes tokens/s can be at most N / floor ("% floor" = measured / that bound).
@@ -223,10 +223,10 @@ def engine_first_tokens(engine: Engine, prompts) -> None:
     asyncio.run(go())
 
 
-def build_vllm_engine(model_dir: str, tokenizer, max_batch: int, max_len: int, dtype: str) -> Engine:
+def build_vllm_engine(model_dir: str, tokenizer, max_batch: int, max_len: int, dtype: str, threads: int | None) -> Engine:
     from ajet.engine.vllm import VLLMEngine
 
-    return VLLMEngine(model_dir, tokenizer, max_model_len=max_len, max_batch_size=max_batch, dtype=dtype)
+    return VLLMEngine(model_dir, tokenizer, max_model_len=max_len, max_batch_size=max_batch, dtype=dtype, cpu_threads=threads)
 
 
 def main() -> None:
@@ -242,6 +242,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=1, help="model calls per episode")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (hf side)")
+    parser.add_argument("--vllm-threads", type=int, default=None,
+                        help="torch threads of vLLM's engine process on the CPU (default: VLLMEngine's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both engines' dtype")
     parser.add_argument("--methods", nargs="+", default=["engine", "vllm", "padded"], choices=list(METHODS))
     parser.add_argument("--equal-lengths", action="store_true", help="same token budget for every call")
@@ -291,7 +293,7 @@ def main() -> None:
         memory["engine"] = hf_model_mb
     if "vllm" in args.methods:
         t0 = time.perf_counter()
-        engines["vllm"] = build_vllm_engine(model_dir, tokenizer, max(args.concurrency), longest, args.dtype)
+        engines["vllm"] = build_vllm_engine(model_dir, tokenizer, max(args.concurrency), longest, args.dtype, args.vllm_threads)
         engine_first_tokens(engines["vllm"], prompts_all[:1])
         startup["vllm"] = time.perf_counter() - t0
         memory["vllm"] = rss_mb(include_self=False)  # its engine process: weights, KV cache, runtime
@@ -305,11 +307,15 @@ def main() -> None:
         ttft: dict[str, list[float]] = {m: [] for m in args.methods}
         tokens: dict[str, int] = {}
         # Repeats interleave the methods, so load from other processes on a shared machine hits all alike.
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             for method in args.methods:
                 if method in ENGINE_METHODS:
+                    engines[method].policy_version += 1  # nothing cached by an earlier run is reused
+                # Time to first token: the first repeat only (it costs one more prefill of every prompt).
+                if repeat > 0:
+                    pass
+                elif method in ENGINE_METHODS:
                     engine = engines[method]
-                    engine.policy_version += 1  # nothing cached by an earlier repeat is reused
                     ttft[method].append(time_to_first_token(lambda: engine_first_tokens(engine, prompts)))
                     engine.policy_version += 1
                 else:

@@ -1,5 +1,7 @@
 """`ajet --backbone=debug` with `rollout.engine=vllm`: the math tutorial trains, checkpoints and syncs weights.
 
+Six arithmetic tasks in a local file (no dataset download, nothing to skip).
+
 Runs the launcher as a user does, on a random Qwen2 with head_dim 32 (tests/vllm_helpers.py) that vLLM's
 CPU attention accepts, float32 on both sides, with a judge whose rewards vary within a group (so the
 policy really changes) and a learning rate large enough that a stale engine would show (with the
@@ -30,11 +32,22 @@ def model_dir(tmp_path_factory):
     return build_vllm_test_model(tmp_path_factory.mktemp("vllm-train-model"))
 
 
-def _train(gsm8k_dir: Path, model_dir: Path, run_dir: Path, *extra: str) -> list[dict]:
+QUESTIONS = [("What is 1+1?", 2), ("What is 2+3?", 5), ("What is 4+4?", 8), ("What is 3+6?", 9), ("What is 7-2?", 5), ("What is 2*6?", 12)]
+
+
+@pytest.fixture(scope="module")
+def task_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vllm-train-tasks") / "tasks.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in QUESTIONS))
+    return path
+
+
+def _train(task_file: Path, model_dir: Path, run_dir: Path, *extra: str) -> list[dict]:
     overrides = [
         f"ajet.model.path={model_dir}",
         "ajet.rollout.engine=vllm",
-        f"ajet.task_reader.huggingface_dat_repo.dataset_path={gsm8k_dir}",
+        "ajet.task_reader.type=dataset_file",
+        f"ajet.task_reader.dataset_file.training.file_path={task_file}",
         "ajet.rollout.user_workflow=tutorial.example_math_agent.math_agent_oai_sdk->ExampleMathLearn",
         f"ajet.task_judge.judge_protocol={REPO / 'tests' / 'vllm_helpers.py'}->ReplyShapeJudge",
         "ajet.rollout.num_repeat=2",
@@ -71,9 +84,9 @@ def _episode_versions(run_dir: Path, step: int) -> list[list[int]]:
     return [json.loads(line)["policy_versions"] for line in lines if not json.loads(line)["dropped_as_stale"]]
 
 
-def test_three_synchronous_grpo_steps_with_vllm_serve_each_steps_weights(tmp_path, gsm8k_dir, model_dir):
-    rows = _train(gsm8k_dir, model_dir, tmp_path / "sync")
-    assert all(r["train/grad_norm"] > 0 for r in rows), "rewards varied, so every step should move the weights"
+def test_three_synchronous_grpo_steps_with_vllm_serve_each_steps_weights(tmp_path, task_file, model_dir):
+    rows = _train(task_file, model_dir, tmp_path / "sync")
+    assert all(r["train/grad_norm"] > 0 for r in rows), [(r["step"], r["train/grad_norm"], r.get("rollout/reward_std")) for r in rows]
     # Synchronous: step k's episodes are all sampled by version k-1, the weights step k-1 produced.
     for step in (1, 2, 3):
         assert _episode_versions(tmp_path / "sync", step) == [[step - 1]] * 4
@@ -82,9 +95,9 @@ def test_three_synchronous_grpo_steps_with_vllm_serve_each_steps_weights(tmp_pat
         assert r["train/rollout_trainer_logprob_diff"] < SYNCED_GAP
 
 
-def test_asynchronous_training_with_vllm_trains_groups_sampled_before_the_last_update(tmp_path, gsm8k_dir, model_dir):
-    rows = _train(gsm8k_dir, model_dir, tmp_path / "async", "ajet.trainer_common.async.max_staleness=1")
-    assert all(r["train/grad_norm"] > 0 for r in rows)
+def test_asynchronous_training_with_vllm_trains_groups_sampled_before_the_last_update(tmp_path, task_file, model_dir):
+    rows = _train(task_file, model_dir, tmp_path / "async", "ajet.trainer_common.async.max_staleness=1")
+    assert all(r["train/grad_norm"] > 0 for r in rows), [(r["step"], r["train/grad_norm"]) for r in rows]
     # Step 2 trains groups launched with step 1's (sampled while step 1 trained, by version 0).
     assert rows[1]["async/staleness_max"] == 1
     assert all(r["async/staleness_max"] <= 1 for r in rows)

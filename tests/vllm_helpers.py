@@ -65,14 +65,14 @@ def token_logprobs(model, prompt: list[int], continuation: list[int], temperatur
 
 
 class ReplyShapeJudge(BaseJudge):
-    """A judge for random models: reward = distinct characters in the final answer / 20, capped at 1.
+    """A judge for random models: reward = (sum of the final answer's code points mod 7) / 6.
 
     A random model never solves GSM8K, so the math judge gives every episode 0, GRPO advantages are
-    all 0 and the weights never move. This reward differs between the sampled replies of a group,
-    so training changes the policy and a broken weight sync shows up as a logprob gap.
+    all 0 and the weights never move. This reward differs between different replies of a group, so
+    training changes the policy and a broken weight sync shows up as a logprob gap.
     """
 
     def compute_reward(self, workflow_task, workflow_output):
         answer = str(workflow_output.metadata.get("final_answer") or "")
-        reward = min(len(set(answer)) / 20.0, 1.0)
+        reward = (sum(map(ord, answer)) % 7) / 6.0
         return reward, reward > 0.5

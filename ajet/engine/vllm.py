@@ -60,8 +60,26 @@ DEFAULT_BUCKET_BYTES = 512 << 20
 # CPU KV cache when neither kv_cache_memory_bytes nor VLLM_CPU_KVCACHE_SPACE is given: enough for
 # max_batch_size full-length sequences, within these bounds (vLLM's own default is 4 GiB, too much
 # beside a trainer on a laptop).
+# Torch threads of vLLM's engine process on the CPU unless cpu_threads / OMP_NUM_THREADS say otherwise.
+# None keeps vLLM's own choice (1 thread; it sets 1 because idle OMP threads spin between ops).
+DEFAULT_CPU_THREADS: int | None = None
 _CPU_KV_MIN_BYTES = 64 << 20
 _CPU_KV_MAX_BYTES = 2 << 30
+
+
+@contextlib.contextmanager
+def _environ(**values: str | None) -> Iterator[None]:
+    """Set environment variables (None: leave alone) for the duration, then restore them."""
+    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _import_vllm() -> Any:
@@ -140,6 +158,8 @@ class VLLMEngine(Engine):
             set); on a GPU, vLLM sizes it from gpu_memory_utilization.
         bucket_bytes: host memory for one bucket of weights in update_weights (attribute
             `bucket_bytes`; may be changed between updates).
+        cpu_threads: on the CPU, torch threads of vLLM's engine process (its OMP_NUM_THREADS). None:
+            DEFAULT_CPU_THREADS, or OMP_NUM_THREADS when set. vLLM alone would use 1.
         engine_kwargs: anything else for vllm.AsyncEngineArgs (gpu_memory_utilization,
             tensor_parallel_size, enforce_eager, enable_prefix_caching, ...).
     """
@@ -155,6 +175,7 @@ class VLLMEngine(Engine):
         seed: int = 0,
         kv_cache_memory_bytes: int | None = None,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        cpu_threads: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
         from ajet.engine.hf import default_stop_token_ids
@@ -202,12 +223,18 @@ class VLLMEngine(Engine):
         async def _create() -> Any:
             return AsyncLLM.from_engine_args(args)
 
+        threads = cpu_threads if cpu_threads is not None else (None if "OMP_NUM_THREADS" in os.environ else DEFAULT_CPU_THREADS)
         try:
-            self._llm = self._call(_create())
+            # vLLM's engine process inherits the environment when it starts; ours keeps its own.
+            with _environ(OMP_NUM_THREADS=str(threads) if (self.on_cpu and threads) else None):
+                self._llm = self._call(_create())
         except BaseException:
             self._stop_loop()
             raise
         self.dtype: torch.dtype = self._llm.model_config.dtype
+        # vLLM's tied models have no lm_head of their own (it skips the name when loading).
+        tied = bool(getattr(self._llm.model_config.hf_config.get_text_config(), "tie_word_embeddings", False))
+        self._skip_names = frozenset({"lm_head.weight"}) if tied else frozenset()
         self.bucket_bytes = int(bucket_bytes)
         self._buffer = SharedWeightBuffer(self.bucket_bytes)
 
@@ -322,7 +349,8 @@ class VLLMEngine(Engine):
         with self.pause():
             self._rpc("ajet_begin_weight_update")
             try:
-                for bucket in self._buffer.fill(named_tensors, dtype=self.dtype):
+                tensors = ((n, t) for n, t in named_tensors if n not in self._skip_names)
+                for bucket in self._buffer.fill(tensors, dtype=self.dtype):
                     self._rpc("ajet_load_shared_weights", self._buffer.path, self._buffer.nbytes, [s.as_wire() for s in bucket])
             finally:
                 # Also after a failure: layers that received nothing get their old tensors back.
