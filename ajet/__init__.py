@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 __all__ = ["Task", "Workflow", "WorkflowOutput", "WorkflowTask", "AjetTuner", "BaseJudge", "__version__"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     # Lazy: the tuner pulls in openai/agentscope, the judge nothing heavy, but `import ajet` in a
     # launcher's --help path should stay fast.
     if name == "AjetTuner":

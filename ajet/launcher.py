@@ -13,12 +13,14 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ajet.config import AjetConfig
 
 EXIT_CONFIG_ERROR = 2
 RUN_CONFIG_FILE = "config.yaml"
-# A process is fair game for --kill only when its command line shows it belongs to one of these.
-RUN_MARKERS = ("ajet", "ray::", "raylet", "gcs_server", "vllm")
 
 logger = logging.getLogger("ajet.launcher")
 
@@ -43,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--kill",
         metavar="PATTERN",
-        help="end this user's leftover ajet/ray/vllm processes whose command line matches one "
-        'of the |-separated words, e.g. "python|ray|vllm"',
+        help="end this user's leftover processes of ajet runs (the launcher and everything it "
+        'started: Ray, vLLM, workers) whose command line matches one of the |-separated words, '
+        'e.g. "python|ray|vllm"',
     )
     parser.add_argument(
         "--dry-run",
@@ -62,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
 
     if args.kill:
+        from ajet.processes import kill_run_processes
+
         kill_run_processes(args.kill)
         if not args.conf:
             return 0
@@ -74,12 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
 
-    from ajet.backbone import resolve_user_classes
+    from ajet.backbone import LaunchOptions, check_config, run
     from ajet.config import ConfigError, load_config, resolve_experiment_dir
+    from ajet.training.user_code import resolve_user_classes
 
     try:
         cfg = load_config(args.conf, args.overrides, backbone=args.backbone)
         workflow_cls, judge_cls = resolve_user_classes(cfg)
+        check_config(cfg, cfg.backbone)
         if args.dry_run:
             print_dry_run(cfg, workflow_cls, judge_cls)
             return 0
@@ -91,18 +98,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     logger.info("ajet: run directory %s (effective config in %s)", run_dir, RUN_CONFIG_FILE)
 
-    from ajet.backbone import run
+    from ajet.processes import mark_this_run
 
-    args.run_dir = run_dir
+    mark_this_run()  # before Ray, vLLM or any worker starts: they inherit the mark (`ajet --kill`)
+
+    options = LaunchOptions(
+        backbone=cfg.backbone, run_dir=run_dir, with_logview=args.with_logview, with_ray=args.with_ray
+    )
     try:
-        result = run(cfg, args)
+        result = run(cfg, options)
     except ConfigError as exc:  # e.g. the task reader, first used by the backbone, finds no file
         print(f"ajet: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return int(result or 0)
 
 
-def print_dry_run(cfg: Any, workflow_cls: type, judge_cls: type | None) -> None:
+def print_dry_run(cfg: AjetConfig, workflow_cls: type, judge_cls: type | None) -> None:
     from ajet.task_reader import build_task_reader
 
     print("# effective config")
@@ -117,44 +128,6 @@ def print_dry_run(cfg: Any, workflow_cls: type, judge_cls: type | None) -> None:
     print(f"# training tasks: {len(tasks)}")
     print(f"# first training task: {first.task_id}")
     print(first.main_query)
-
-
-def kill_run_processes(pattern: str) -> list[int]:
-    """End this user's processes whose command line contains one of the `|`-separated words and
-    belongs to an ajet/ray/vllm run; never this process or its ancestors. Returns the pids ended."""
-    import psutil
-
-    words = [word.strip() for word in pattern.split("|") if word.strip()]
-    me = psutil.Process()
-    spared = {me.pid, *(parent.pid for parent in me.parents())}
-    user = me.username()
-
-    victims = []
-    for proc in psutil.process_iter(["pid", "username", "cmdline"]):
-        info = proc.info
-        if info["pid"] in spared or info["username"] != user or not info["cmdline"]:
-            continue
-        cmdline = " ".join(info["cmdline"])
-        if any(word in cmdline for word in words) and any(marker in cmdline for marker in RUN_MARKERS):
-            victims.append((proc, cmdline))
-
-    if not victims:
-        print(f"ajet --kill: no process of user {user} matched {pattern!r} in an ajet/ray/vllm run")
-        return []
-    for proc, cmdline in victims:
-        try:
-            proc.terminate()
-            print(f"ajet --kill: ended {proc.pid}: {cmdline}")
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs([proc for proc, _ in victims], timeout=5)
-    for proc in alive:
-        try:
-            proc.kill()
-            print(f"ajet --kill: killed {proc.pid} (did not exit on SIGTERM)")
-        except psutil.NoSuchProcess:
-            pass
-    return [proc.pid for proc, _ in victims]
 
 
 def _qualname(cls: type) -> str:

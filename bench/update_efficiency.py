@@ -29,7 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from ajet.config.schema import LoraConfig, TrainerCommonConfig
 from ajet.schema import Sample
+from ajet.testing.config import make_config
 from ajet.trainer import PolicyTrainer
 from bench._common import environment, fmt_stats, print_table, summarize, write_results
 
@@ -105,7 +107,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_config(name: str, base: torch.nn.Module, samples: list[Sample], tc: dict, lora: dict | None,
+def run_config(name: str, base: torch.nn.Module, samples: list[Sample], tc: TrainerCommonConfig, lora: LoraConfig | None,
                device: torch.device, steps: int, pack: bool) -> dict[str, Any]:
     model = copy.deepcopy(base)
     trainer = PolicyTrainer(model, None, tc, lora, device=device, pack=pack)
@@ -120,10 +122,10 @@ def run_config(name: str, base: torch.nn.Module, samples: list[Sample], tc: dict
         _sync(device)
         times.append(metrics["update_time"])
         rates.append(metrics["tokens_per_s"])
-    flops = flops_per_update(trainer.model.get_base_model() if lora else trainer.model, samples, tc["ppo_epochs"])
+    flops = flops_per_update(trainer.model.get_base_model() if lora else trainer.model, samples, tc.ppo_epochs)
     result = {
         "name": name,
-        "micro_batch_size": tc["micro_batch_size"],
+        "micro_batch_size": tc.micro_batch_size,
         "packed": pack,
         "lora_rank": (lora or {}).get("lora_rank", 0),
         "update_time_s": summarize(times),
@@ -157,20 +159,21 @@ def main() -> None:
     base = build_model(shape)
     samples = synthetic_samples(args.samples, base.config.vocab_size, args.prompt_len, args.response_len, seed=0)
 
-    tc = {
-        "ppo_epochs": 1, "mini_batch_num": 1, "micro_batch_size": 2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28,
-        "algorithm": {"loss_agg_mode": "token-mean"}, "optim": {"lr": 1e-6, "weight_decay": 0.01, "grad_clip": 1.0},
-        "use_kl_loss": False, "entropy_coeff": 0.0,
-    }
+    def sections(micro: int, lora_rank: int = 0) -> tuple[Any, Any]:
+        cfg = make_config(
+            "trainer_common.optim.lr=1e-6", f"trainer_common.micro_batch_size={micro}",
+            f"lora.lora_rank={lora_rank}", f"lora.lora_alpha={2 * lora_rank or 16}",
+        )
+        return cfg.trainer_common, (cfg.lora if lora_rank else None)
+
     configs = [
-        (f"full, micro {m}, {'packed' if pack else 'padded'}", {**tc, "micro_batch_size": int(m)}, None, pack)
+        (f"full, micro {m}, {'packed' if pack else 'padded'}", *sections(int(m)), pack)
         for m in args.micro_batch_sizes.split(",")
         for pack in (False, True)
     ]
     if args.lora_rank > 0:
         micro = int(args.micro_batch_sizes.split(",")[-1])
-        lora = {"lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank, "target_modules": "all-linear"}
-        configs.append((f"lora r{args.lora_rank}, micro {micro}, padded", {**tc, "micro_batch_size": micro}, lora, False))
+        configs.append((f"lora r{args.lora_rank}, micro {micro}, padded", *sections(micro, args.lora_rank), False))
 
     if device.type == "cuda":
         reference = {"kind": "H100 dense bf16 peak (given)", "flops_per_s": H100_BF16_PEAK,

@@ -10,7 +10,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
-GSM8K_DIR = SHARED / "datasets" / "gsm8k"
+# AJET_GSM8K_DIR points a checkout that has no ../shared (e.g. a git worktree) at the dataset.
+GSM8K_DIR = Path(os.environ.get("AJET_GSM8K_DIR", SHARED / "datasets" / "gsm8k"))
 
 # The working directory is on sys.path for `tutorial.…` dot imports, as it is for the launcher.
 if str(REPO_ROOT) not in sys.path:
@@ -22,3 +23,17 @@ def gsm8k_dir() -> Path:
     if not (GSM8K_DIR / "test.jsonl").exists():
         pytest.skip(f"GSM8K not found at {GSM8K_DIR}")
     return GSM8K_DIR
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_engine():
+    """ajet's hf engine over the builtin tiny random Qwen2 (real tokenizer), shared by a test module."""
+    import torch
+
+    from ajet.engine.hf import HFEngine
+    from ajet.models import load_model, load_tokenizer
+
+    torch.set_num_threads(2)
+    engine = HFEngine(load_model("builtin:tiny-qwen2-random"), load_tokenizer("builtin:tiny-qwen2-random"), max_batch_size=8, seed=0)
+    yield engine
+    engine.shutdown()

@@ -1,4 +1,4 @@
-"""A reference environment service speaking the protocol of ajet/task_reader/env_service.py.
+"""A reference environment service speaking the protocol of ajet/env_service/client.py.
 
 Arithmetic tasks ("What is 17 + 25?"): the agent steps with an action text; the last integer in it is
 its answer. A right answer ends the episode with reward 1; a wrong one says "too low"/"too high" and
@@ -18,8 +18,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException

@@ -1,4 +1,4 @@
-"""Shared by test_proxy / test_tracker / test_tuner: the tokenizer, a tool schema and scripted replies."""
+"""Shared by the proxy, tracker and tuner tests: the tokenizer, a tool schema (per protocol) and scripted replies."""
 
 from __future__ import annotations
 
@@ -43,3 +43,17 @@ def add_until_answer(num_tool_turns: int = 2, answer: str = "The answer is 42.")
         return answer
 
     return reply
+
+
+# The same `add` tool in the other protocols' shapes (ajet translates both back to ADD_TOOL).
+RESPONSES_ADD_TOOL: dict[str, Any] = {
+    "type": "function",
+    "name": "add",
+    "description": "Add two integers.",
+    "parameters": ADD_TOOL["function"]["parameters"],
+}
+ANTHROPIC_ADD_TOOL: dict[str, Any] = {
+    "name": "add",
+    "description": "Add two integers.",
+    "input_schema": ADD_TOOL["function"]["parameters"],
+}

@@ -7,6 +7,7 @@ last checkpoint and trains on the same tasks, in the same order, as an uninterru
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -96,3 +97,28 @@ def test_math_agent_trains_checkpoints_logs_and_resumes_after_a_kill(tmp_path, g
     # Steps logged twice (the killed run's step 2, if it finished rolling out) are replaced by the
     # resumed run's; what was trained at each step matches the uninterrupted run.
     assert _trained_tasks(killed) == reference_order
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "style",
+    [
+        pytest.param(
+            "math_agent_openai_agents",  # OpenAI Agents SDK, Responses API
+            marks=pytest.mark.skipif(importlib.util.find_spec("agents") is None, reason="openai-agents (the dev extra) is not installed"),
+        ),
+        "math_agent_anthropic",  # Anthropic SDK, Messages API
+    ],
+)
+def test_responses_and_messages_styles_train_a_step(tmp_path, gsm8k_dir, style):
+    """The workflows on the other two protocols train on the debug backbone: episodes end without
+    errors (cut replies included) and their sampled tokens reach the update."""
+    run_dir = tmp_path / style
+    overrides = [o for o in _overrides(gsm8k_dir, run_dir, steps=1) if not o.startswith(("ajet.rollout.user_workflow=", "ajet.trainer_common.logger="))]
+    _run([*overrides, f"ajet.rollout.user_workflow=tutorial.example_math_agent.{style}->ExampleMathLearn", "ajet.trainer_common.logger=[jsonl]"])
+    (row,) = [m for m in (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()) if "train/loss" in m]
+    assert row["step"] == 1 and row["rollout/episodes"] == 4 and row["rollout/failed_episodes"] == 0
+    assert row["train/trained_tokens"] > 0
+    episodes = [json.loads(line) for line in (run_dir / "rollouts" / "step_00001.jsonl").read_text().splitlines()]
+    assert len(episodes) == 4 and all(e["error"] is None and e["turns"] >= 1 for e in episodes)
+    assert (run_dir / "checkpoints" / "global_step_1").exists()

@@ -330,7 +330,7 @@ async def test_shared_model_mode_pause_edit_bump_version(model, tokenizer):
         prompt = _ids(tokenizer, PROMPTS[0])
         params = SamplingParams(max_tokens=8, temperature=0.0)
         before = await eng.generate(prompt, params)
-        with eng.paused():  # what a trainer sharing the model does around its optimizer step
+        with eng.pause():  # what a trainer sharing the model does around its optimizer step
             shared.train()
             with torch.no_grad():
                 shared.lm_head.weight.mul_(-1.0)
@@ -425,7 +425,7 @@ async def test_stored_prefixes_are_not_reused_after_a_policy_change(engine, toke
     assert engine.stats()["prefix_hit_tokens"] == 0
     assert second.token_ids == _reference_greedy(other, second_prompt, 6, engine._default_stop_ids)
     # Shared-model mode: a version bump alone also retires what was stored under the old version.
-    with engine.paused():
+    with engine.pause():
         engine.policy_version = 2
     await engine.generate(_next_turn(tokenizer, second_prompt, second.token_ids, " ok"), params)
     assert engine.stats()["prefix_hit_tokens"] == 0
@@ -511,7 +511,8 @@ def test_logprob_is_taken_before_truncation():
 
 @pytest.mark.slow
 async def test_builtin_qwen_tokenizer_chat_prompt_end_to_end():
-    models = pytest.importorskip("ajet.models")
+    from ajet import models
+
     tok = models.load_tokenizer("builtin:tiny-qwen2-random")
     model = models.load_model("builtin:tiny-qwen2-random").eval()
     text = tok.apply_chat_template(

@@ -7,10 +7,11 @@ import asyncio
 import pytest
 import torch
 
-from ajet.backbone.batch import build_training_batch
 from ajet.rollout.groups import EpisodeGroup, GroupProducer
 from ajet.rollout.task_stream import TaskStream
 from ajet.schema import EpisodeResult, Sample, Task
+from ajet.testing.config import make_config
+from ajet.training.batch import build_training_batch
 
 
 def _tasks(n: int) -> list[Task]:
@@ -152,12 +153,13 @@ def test_training_batch_normalises_within_each_group_and_skips_untrainable_sampl
     empty = _episode(b, 5.0, 0, 2)
     empty.samples[0].loss_mask = [0, 0, 0, 0]
     group_b.episodes.append(empty)
-    batch = build_training_batch([group_a, group_b])
+    algorithm = make_config().trainer_common.algorithm
+    batch = build_training_batch([group_a, group_b], algorithm)
     adv = torch.tensor(batch.advantages)
     assert len(batch.samples) == 4, "a sample with no sampled tokens is not trained"
     assert adv[0] > 0 > adv[1] and adv[0] == pytest.approx(-adv[1])
     assert adv[2:].abs().max() == 0, "equal rewards in a group carry no signal"
-    flipped = build_training_batch([group_a], advantage_sign=-1.0)
+    flipped = build_training_batch([group_a], algorithm, advantage_sign=-1.0)
     assert flipped.advantages == pytest.approx([-a for a in batch.advantages[:2]])
 
 

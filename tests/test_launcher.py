@@ -15,14 +15,17 @@ from pathlib import Path
 from pkgutil import resolve_name
 
 import datasets
+import psutil
 import pytest
 import tomllib
 import yaml
 
 from ajet import __version__
+from ajet.backbone import LaunchOptions
 from ajet.config import load_config
 from ajet.imports import import_object
-from ajet.launcher import RUN_CONFIG_FILE, kill_run_processes, main
+from ajet.launcher import RUN_CONFIG_FILE, main
+from ajet.processes import RUN_ID_ENV, is_ajet_entry, kill_run_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,17 +131,20 @@ def test_run_creates_experiment_dir_writes_config_and_calls_backbone(project, mo
     root, conf, _ = project
     calls = []
 
-    def fake_backbone_run(cfg, launch_args):
-        calls.append((cfg, launch_args))
+    def fake_backbone_run(cfg, options):
+        calls.append((cfg, options))
         return 0
 
     monkeypatch.setattr("ajet.backbone.run", fake_backbone_run)
     code = main(["--conf", str(conf), "--backbone", "debug", "--with-logview", "experiment_name=unit"])
     assert code == 0 and len(calls) == 1
-    cfg, launch_args = calls[0]
-    assert launch_args.with_logview is True and launch_args.backbone == "debug" and cfg.backbone == "debug"
+    cfg, options = calls[0]
+    assert isinstance(options, LaunchOptions)
+    assert options.with_logview is True and options.with_ray is False
+    assert options.backbone == "debug" and cfg.backbone == "debug"
 
     run_dir = Path(cfg.trainer_common.experiment_dir)
+    assert options.run_dir == run_dir
     assert run_dir.parent == root / "runs" and run_dir.name.startswith("unit-")
     saved = load_config(run_dir / RUN_CONFIG_FILE)
     assert saved.to_dict() == cfg.to_dict()  # the saved file is the effective config
@@ -148,7 +154,7 @@ def test_config_error_raised_inside_the_backbone_is_reported_cleanly(project, mo
     root, conf, _ = project
     from ajet.task_reader import TaskReaderError
 
-    def backbone_with_missing_file(cfg, launch_args):
+    def backbone_with_missing_file(cfg, options):
         raise TaskReaderError("ajet.task_reader.dataset_file.training.file_path: file not found: /x.jsonl")
 
     monkeypatch.setattr("ajet.backbone.run", backbone_with_missing_file)
@@ -169,6 +175,13 @@ def test_config_errors_print_one_clean_message_and_exit_2(project, capsys):
         (f"rollout.user_workflow={package}.agent->Missing",): "ajet.rollout.user_workflow",
         ("task_judge.judge_protocol=judges/judge.py->TinyWorkflow",): "not a subclass of ajet.judge.base.BaseJudge",
         ("rollout.user_workflow=nonexistent_mod_q.agent->X",): "no module named 'nonexistent_mod_q'",
+        # Values the debug backbone cannot honour stop the run, naming the key and what it may be.
+        ("trainer_common.algorithm.adv_estimator=no_such_x",): "adv_estimator = 'no_such_x': no advantage "
+        "estimator 'no_such_x'; registered: ",
+        ("rollout.tensor_model_parallel_size=2",): "ajet.rollout.tensor_model_parallel_size = 2: the debug "
+        "backbone runs in one process on one device, so it must be 1",
+        ("trainer_common.nnodes=2",): "ajet.trainer_common.nnodes = 2",
+        ("trainer_common.n_gpus_per_node=4",): "must be 0 or 1",
     }
     for overrides, expected in cases.items():
         code = main(["--conf", str(conf), "--dry-run", *overrides])
@@ -177,6 +190,8 @@ def test_config_errors_print_one_clean_message_and_exit_2(project, capsys):
         assert err.startswith("ajet: config error:") and expected in err, err
         assert "Traceback" not in err
     assert not (root / "runs").exists()
+    # The same values are the verl backbone's to honour (or refuse) there.
+    assert main(["--conf", str(conf), "--dry-run", "--backbone", "verl", "trainer_common.nnodes=2"]) == 0
 
 
 def test_config_error_exit_status_from_the_command_line(project):
@@ -189,8 +204,13 @@ def test_config_error_exit_status_from_the_command_line(project):
 # ----------------------------------------------------------------------------------------- --kill
 
 
-def _sleeper(*marker_args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *marker_args])
+def _sleeper(*marker_args: str, env: dict | None = None, executable: str | None = None, cwd=None) -> subprocess.Popen:
+    # The test process may carry a run mark of its own (an in-process `main()` run marks it).
+    clean = {k: v for k, v in os.environ.items() if k != RUN_ID_ENV}
+    return subprocess.Popen(
+        [executable or sys.executable, "-c", "import time; time.sleep(120)", *marker_args],
+        env={**clean, **(env or {})}, cwd=cwd,
+    )
 
 
 def _wait_gone(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
@@ -201,23 +221,53 @@ def _wait_gone(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
         return False
 
 
-def test_kill_ends_only_matching_run_processes(capsys):
+def test_kill_ends_only_processes_of_ajet_runs(capsys, tmp_path):
     token = f"killtest{uuid.uuid4().hex[:10]}"
-    in_a_run = _sleeper(f"ajet-run-{token}")  # matches the word and looks like an ajet run
-    unrelated = _sleeper(f"plain-{token}")  # matches the word but belongs to no ajet/ray/vllm run
+    # A process of a run: it carries the mark the launcher gives everything it starts.
+    marked = _sleeper(f"worker-{token}", env={RUN_ID_ENV: "run-1"})
+    # A child that scrubbed its environment (as the Python tool's sandbox does) of a marked parent.
+    spawner = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        env = {{k: v for k, v in os.environ.items() if k != {RUN_ID_ENV!r}}}
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "tool-{token}"], env=env)
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", spawner, f"parent-{token}"],
+        env={**{k: v for k, v in os.environ.items() if k != RUN_ID_ENV}, RUN_ID_ENV: "run-1"},
+    )
+    # Not in a run, though "ajet" is everywhere around it: its interpreter lies in a virtualenv
+    # folder named after ajet, it runs from a folder named ajet-notes and its arguments say ajet.
+    venv_bin = tmp_path / "ajet-py3.11-venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    notes = tmp_path / "ajet-notes"
+    notes.mkdir()
+    unrelated = _sleeper(f"ajet-{token}", executable=str(venv_bin / "python"), cwd=notes)
     try:
-        time.sleep(0.3)
+        time.sleep(1.0)
+        child = next(p for p in psutil.Process(parent.pid).children() if f"tool-{token}" in " ".join(p.cmdline()))
         ended = kill_run_processes(f"{token}|nothing-else-{token}")
         out = capsys.readouterr().out
-        assert ended == [in_a_run.pid]
-        assert f"ended {in_a_run.pid}:" in out and f"ajet-run-{token}" in out
-        assert _wait_gone(in_a_run)
+        assert sorted(ended) == sorted([marked.pid, parent.pid, child.pid])
+        assert f"ended {marked.pid}:" in out and f"worker-{token}" in out
+        assert _wait_gone(marked) and _wait_gone(parent)
         assert unrelated.poll() is None  # still running
     finally:
-        for proc in (in_a_run, unrelated):
+        for proc in (marked, parent, unrelated):
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+def test_the_launcher_is_recognised_by_its_command_line():
+    assert is_ajet_entry(["/venv/bin/ajet", "--conf", "x.yaml"])
+    assert is_ajet_entry(["/venv/bin/python3.11", "/venv/bin/ajet", "--kill", "ray"])
+    assert is_ajet_entry(["python", "-m", "ajet.launcher", "--conf", "x.yaml"])
+    assert is_ajet_entry(["python", "-m", "ajet"])
+    assert not is_ajet_entry(["/home/u/ajet-venv/bin/python", "-c", "import time"])
+    assert not is_ajet_entry(["python", "/home/u/ajet-notes/plot.py"])
+    assert not is_ajet_entry(["python", "-m", "ajet_tools"])
 
 
 def test_kill_spares_itself_and_its_parents_and_reports_no_match(tmp_path):

@@ -63,7 +63,7 @@ def _config(tmp_path: Path, model_dir: Path, *, max_staleness: int):
 
 
 def _train(tmp_path: Path, model_dir: Path, *, sign: float, max_staleness: int = 0) -> list[float]:
-    from ajet.backbone.debug import TrainingLoop
+    from ajet.training import TrainingLoop
 
     cfg = _config(tmp_path, model_dir, max_staleness=max_staleness)
     loop = TrainingLoop(cfg, tmp_path / "run", advantage_sign=sign)

@@ -12,6 +12,7 @@ from rich.console import Console
 from ajet.logging import MetricsLogger
 from ajet.logging import metrics as metrics_mod
 from ajet.logging.metrics import ConsoleBackend
+from ajet.testing.config import make_config
 
 
 def test_jsonl_writes_one_flushed_line_per_step(tmp_path):
@@ -108,8 +109,8 @@ def test_swanlab_mode_auto_prefers_offline_without_credentials(tmp_path, monkeyp
 
 
 def test_swanlab_mode_is_read_from_the_config(tmp_path):
-    config = {"trainer_common": {"swanlab_mode": "disabled", "logger": ["swanlab"]}}
-    logger = MetricsLogger(tmp_path, ["swanlab"], config_dict=config)
+    config = make_config("trainer_common.swanlab_mode=disabled", "trainer_common.logger=[swanlab]")
+    logger = MetricsLogger.from_config(tmp_path, config)
     assert [b.mode for b in logger.backends] == ["disabled"]
     logger.log({"a": 1.0}, step=1)
     logger.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ajet.config import AjetConfig
 from ajet.judge.math import (
     MathAnswerAndLlmAsJudge,
     MathAnswerAsJudge,
@@ -20,6 +21,7 @@ from ajet.judge.math import (
     reference_answer,
 )
 from ajet.schema import Task, WorkflowOutput, WorkflowTask
+from ajet.testing.config import make_config
 
 
 def _gsm8k_rows(gsm8k_dir: Path, n: int | None = None) -> list[dict]:
@@ -166,7 +168,7 @@ def test_last_boxed_handles_nested_braces():
 
 def test_judge_uses_reference_answer_and_falls_back_to_hashes(gsm8k_dir):
     row = _gsm8k_rows(gsm8k_dir, 1)[0]  # Janet's ducks: 18
-    judge = MathAnswerAsJudge(config={})
+    judge = MathAnswerAsJudge()
     for with_reference in (True, False):
         out = WorkflowOutput(metadata={"final_answer": "She makes \\boxed{18} dollars."})
         assert judge.compute_reward(_task(row, with_reference), out) == (1.0, True)
@@ -178,19 +180,19 @@ def test_judge_uses_reference_answer_and_falls_back_to_hashes(gsm8k_dir):
 def test_judge_missing_reference_raises_clear_error():
     task = WorkflowTask(Task(main_query="q", metadata={"question": "q"}))
     with pytest.raises(ValueError, match="no reference answer"):
-        MathAnswerAsJudge(config={}).compute_reward(task, WorkflowOutput(metadata={"final_answer": "1"}))
+        MathAnswerAsJudge().compute_reward(task, WorkflowOutput(metadata={"final_answer": "1"}))
 
 
 def test_judge_missing_final_answer_is_wrong_not_crash(gsm8k_dir):
     row = _gsm8k_rows(gsm8k_dir, 1)[0]
     out = WorkflowOutput(metadata={})
-    assert MathAnswerAsJudge(config={}).compute_reward(_task(row), out) == (0.0, False)
+    assert MathAnswerAsJudge().compute_reward(_task(row), out) == (0.0, False)
     assert out.metadata["judge_decided_by"] == "rules_undecided"
 
 
 def test_shaping_penalties_only_when_configured_and_triggered(gsm8k_dir):
     row = _gsm8k_rows(gsm8k_dir, 1)[0]
-    config = {"task_judge": {"format_penalty": 0.2, "behavior_penalty": 0.1}}
+    config = make_config("task_judge.format_penalty=0.2", "task_judge.behavior_penalty=0.1")
     judge = MathAnswerAsJudge(config=config)
 
     def reward(format_errors: int, silent_tool_calls: int, answer: str = "\\boxed{18}") -> float:
@@ -212,7 +214,7 @@ def test_shaping_penalties_only_when_configured_and_triggered(gsm8k_dir):
     assert reward(1, 1) > reward(0, 0, answer="\\boxed{17}")
     # penalties off by default
     out = WorkflowOutput(metadata={"final_answer": "\\boxed{18}", "episode_stats": {"format_errors": 5}})
-    assert MathAnswerAsJudge(config={}).compute_reward(_task(row), out) == (1.0, True)
+    assert MathAnswerAsJudge().compute_reward(_task(row), out) == (1.0, True)
 
 
 class _FakeJudgeLLM:
@@ -255,8 +257,9 @@ class _FakeJudgeLLM:
         self.server.server_close()
 
 
-def _llm_config(base_url: str) -> dict:
-    return {"task_judge": {"llm_judge": {"enabled": True, "base_url": base_url, "model": "judge", "timeout": 5}}}
+def _llm_config(base_url: str) -> AjetConfig:
+    prefix = "task_judge.llm_judge"
+    return make_config(f"{prefix}.enabled=true", f"{prefix}.base_url={base_url}", f"{prefix}.model=judge", f"{prefix}.timeout=5")
 
 
 @pytest.mark.network_loopback
@@ -302,4 +305,4 @@ async def test_llm_judge_failure_keeps_rule_verdict(gsm8k_dir):
 async def test_llm_judge_off_by_default_equals_rules(gsm8k_dir):
     row = _gsm8k_rows(gsm8k_dir, 1)[0]
     out = WorkflowOutput(metadata={"final_answer": "eighteen dollars"})
-    assert await MathAnswerAndLlmAsJudge(config={}).compute_reward(_task(row), out) == (0.0, False)
+    assert await MathAnswerAndLlmAsJudge().compute_reward(_task(row), out) == (0.0, False)

@@ -1,4 +1,4 @@
-"""The four math-agent workflows end to end: real proxy, real sandboxed executor, real judge, real runner.
+"""The six math-agent workflows end to end: real proxy, real sandboxed executor, real judge, real runner.
 
 A random model cannot emit tool calls, so most tests drive the proxy with the scripted engine: its
 first reply calls `execute_python_code` with `print(<the arithmetic>)`, and once a tool response is in
@@ -9,6 +9,7 @@ runs the tiny random model instead, to show the workflows survive real (garbage)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -29,7 +30,15 @@ pytestmark = pytest.mark.network_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 YAML = REPO / "tutorial" / "example_math_agent" / "math_agent.yaml"
-STYLES = ["math_agent", "math_agent_oai_sdk", "math_agent_raw_http", "math_agent_langchain"]
+_NO_AGENTS_SDK = pytest.mark.skipif(importlib.util.find_spec("agents") is None, reason="openai-agents (the dev extra) is not installed")
+STYLES = [
+    "math_agent",
+    "math_agent_oai_sdk",
+    "math_agent_raw_http",
+    "math_agent_langchain",
+    pytest.param("math_agent_openai_agents", marks=_NO_AGENTS_SDK),  # Responses API
+    "math_agent_anthropic",  # Anthropic Messages API
+]
 TOOL_RESPONSE = re.compile(r"<tool_response>\s*(.*?)\s*</tool_response>", re.DOTALL)
 
 
@@ -129,6 +138,18 @@ async def test_turn_limit_ends_an_endless_tool_loop(style, janet, run_episode):
     assert result.reward == 0.0
 
 
+@pytest.mark.parametrize("style", [pytest.param("math_agent_openai_agents", marks=_NO_AGENTS_SDK), "math_agent_anthropic"])
+async def test_every_protocol_style_prompts_the_model_with_the_same_tokens(style, janet, run_episode):
+    """Same system prompt, tool and task: the Responses and Messages styles' prompts are token for
+    token the Chat Completions style's, on the first call and on the one after the tool ran."""
+    reference, reference_engine = await run_episode(_config("math_agent_oai_sdk"), solve_with_python(), janet)
+    result, engine = await run_episode(_config(style), solve_with_python(), janet)
+    assert result.error is None and reference.error is None, (result.error, reference.error)
+    assert [r.prompt_ids for r in engine.requests] == [r.prompt_ids for r in reference_engine.requests]
+    assert [s.input_ids for s in result.samples] == [s.input_ids for s in reference.samples]
+    assert result.output.metadata["episode_stats"]["splices"] == 1
+
+
 @pytest.mark.parametrize("style", ["math_agent_oai_sdk", "math_agent"])
 async def test_behavior_penalty_for_tool_code_that_prints_nothing(style, janet, run_episode):
     def forgets_print(prompt_text: str) -> str:
@@ -154,23 +175,10 @@ async def test_format_penalty_for_a_malformed_tool_call(janet, run_episode):
     assert result.reward == pytest.approx(0.7) and result.is_success
 
 
-@pytest.fixture(scope="module")
-def random_model_engine():
-    import torch
-
-    from ajet.engine.hf import HFEngine
-    from ajet.models import load_model
-
-    torch.set_num_threads(2)
-    engine = HFEngine(load_model("builtin:tiny-qwen2-random"), tokenizer(), max_batch_size=4, seed=0)
-    yield engine
-    engine.shutdown()
-
-
 @pytest.mark.parametrize("style", STYLES)
-async def test_tiny_random_model_completes_an_episode(style, janet, random_model_engine):
+async def test_tiny_random_model_completes_an_episode(style, janet, tiny_hf_engine):
     cfg = _config(style, "rollout.max_response_length_in_one_turn=24", "rollout.multi_turn.max_steps=2")
-    proxy = ProxyServer(random_model_engine, tokenizer())
+    proxy = ProxyServer(tiny_hf_engine, tokenizer())
     proxy.start()
     runner = RolloutRunner(_workflow(cfg), MathAnswerAndLlmAsJudge(config=cfg), proxy, cfg)
     try:

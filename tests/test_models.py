@@ -185,7 +185,7 @@ def test_seeded_init_is_deterministic():
     a = init_random_model(config, seed=0, dtype=torch.float32)
     b = init_random_model(config, seed=0, dtype=torch.float32)
     c = init_random_model(config, seed=1, dtype=torch.float32)
-    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, pa), pb, _pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
 
@@ -235,6 +235,9 @@ def test_resolve_dtype():
 
     assert resolve_dtype(None, "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda:0") == torch.bfloat16
+    # The weights a trainer updates stay fp32 under `auto`, on every device.
+    assert resolve_dtype("auto", "cuda:0", for_training=True) == torch.float32
+    assert resolve_dtype("auto", "cpu", for_training=True) == torch.float32
     assert resolve_dtype("float16", "cpu") == torch.float16
     with pytest.raises(ValueError):
         resolve_dtype("float99", "cpu")

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from ajet.testing.config import make_config
 from ajet.tools import PythonExecutor, SandboxLimits, execute_python_code
 from ajet.tools.python_executor import get_python_executor, limits_from_config
 from ajet.tools.sandbox import SandboxPlan, probe_sandbox, run_sandboxed
 
-LIMITS = SandboxLimits(timeout=5, cpu_seconds=5, memory_mb=512, max_output_bytes=4096)
+LIMITS = SandboxLimits(timeout=5, cpu_seconds=5, memory_mb=512, max_output_bytes=4096, disable_network=True)
 
 
 @pytest.fixture(scope="module")
@@ -267,12 +268,12 @@ async def test_concurrency_cap_holds_across_async_callers():
 
 
 def test_config_section_and_shared_executor():
-    section = {"timeout": 3, "cpu_seconds": 2, "memory_mb": 256, "max_output_bytes": 100, "max_concurrency": 3}
-    limits, concurrency = limits_from_config(section)
+    settings = {"timeout": 3, "cpu_seconds": 2, "memory_mb": 256, "max_output_bytes": 100, "max_concurrency": 3}
+    config = make_config(*(f"tools.python_executor.{key}={value}" for key, value in settings.items()))
+    limits, concurrency = limits_from_config(config.tools.python_executor)
     assert (limits.timeout, limits.cpu_seconds, limits.memory_mb, limits.max_output_bytes) == (3.0, 2, 256, 100)
     assert concurrency == 3
-    config = {"tools": {"python_executor": section}}
-    assert get_python_executor(config) is get_python_executor(config)
+    assert get_python_executor(config) is get_python_executor(config.tools.python_executor)
     assert get_python_executor(config).max_concurrency == 3
     result = get_python_executor(config).run("print('y' * 1000)")
     assert result.truncated and len(result.stdout) == 100

@@ -71,7 +71,7 @@ def test_documented_ids(tok):
 
 def test_added_tokens_at_real_ids(tok):
     assert len(tok) == 151665
-    for expected_id, (content, special) in enumerate(QWEN25_ADDED_TOKENS, start=151643):
+    for expected_id, (content, _special) in enumerate(QWEN25_ADDED_TOKENS, start=151643):
         assert tok.convert_tokens_to_ids(content) == expected_id, content
         assert _encode(tok, content) == [expected_id], content
     assert tok.eos_token_id == 151645

@@ -10,9 +10,10 @@ ray = pytest.importorskip("ray")
 
 from ajet.engine.scripted import ScriptedEngine  # noqa: E402
 from ajet.proxy import ProxyServer  # noqa: E402
-from ajet.rollout import RolloutRunner, RolloutSettings  # noqa: E402
+from ajet.rollout import RolloutRunner  # noqa: E402
 from ajet.rollout.ray_executor import RayWorkflowExecutor  # noqa: E402
 from ajet.schema import Task  # noqa: E402
+from ajet.testing.config import make_config  # noqa: E402
 
 # A path spec: the worker re-imports the class from the file (it cannot be unpickled by name).
 WORKFLOWS = Path(__file__).resolve().parent / "ray_workflows.py"
@@ -41,7 +42,7 @@ async def test_workflow_runs_in_a_ray_worker_and_its_tokens_are_tracked(ray_clus
     try:
         workflow_cls = import_object(SPEC)
         runner = RolloutRunner(
-            workflow_cls, None, proxy, settings=RolloutSettings(max_concurrency=4, episode_timeout=60),
+            workflow_cls, None, proxy, make_config("rollout.max_env_worker=4", "rollout.episode_timeout=60"),
             remote=RayWorkflowExecutor(SPEC),
         )
         task = Task(main_query="What is 6*7?", task_id="t0")
@@ -55,7 +56,7 @@ async def test_workflow_runs_in_a_ray_worker_and_its_tokens_are_tracked(ray_clus
             assert sampled in [r.completion.token_ids for r in engine.requests]
 
         failing = RolloutRunner(
-            workflow_cls, None, proxy, settings=RolloutSettings(max_concurrency=2, episode_timeout=60),
+            workflow_cls, None, proxy, make_config("rollout.max_env_worker=2", "rollout.episode_timeout=60"),
             remote=RayWorkflowExecutor(f"{WORKFLOWS}->RaisingWorkflow"),
         )
         result = await failing.run_episode(task)

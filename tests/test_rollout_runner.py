@@ -9,11 +9,13 @@ import time
 import pytest
 
 from ajet import Workflow, WorkflowOutput
+from ajet.config import AjetConfig
 from ajet.engine.scripted import ScriptedEngine
 from ajet.judge.base import BaseJudge
 from ajet.proxy import ProxyServer
-from ajet.rollout import RolloutRunner, RolloutSettings
+from ajet.rollout import RolloutRunner
 from ajet.schema import Task
+from ajet.testing.config import make_config
 from ajet.tuner import AjetTuner  # noqa: F401 - imported up front: its first import is slow
 
 
@@ -86,8 +88,8 @@ class BrokenJudge(BaseJudge):
         raise KeyError("reference_answer")
 
 
-def _settings(**kw) -> RolloutSettings:
-    return RolloutSettings(**{"max_concurrency": 8, "episode_timeout": 5.0, **kw})
+def _config(*overrides: str) -> AjetConfig:
+    return make_config("rollout.max_env_worker=8", "rollout.episode_timeout=5", *overrides)
 
 
 TASK = Task(main_query="What is 6*7?", task_id="t0", metadata={"reference_answer": "42"})
@@ -96,7 +98,7 @@ TASK = Task(main_query="What is 6*7?", task_id="t0", metadata={"reference_answer
 async def test_episode_is_judged_and_its_tokens_are_exact(stack):
     engine, proxy = stack
     engine.policy_version = 3
-    runner = RolloutRunner(AskOnce, ContainsJudge(), proxy, settings=_settings())
+    runner = RolloutRunner(AskOnce, ContainsJudge(), proxy, _config())
     result = await runner.run_episode(TASK)
     assert result.error is None and result.judge_error is None
     assert result.reward == 1.0 and result.is_success
@@ -111,9 +113,9 @@ async def test_episode_is_judged_and_its_tokens_are_exact(stack):
 
 async def test_async_judge_and_workflow_reward_bypass(stack):
     _, proxy = stack
-    runner = RolloutRunner(AskOnce, AsyncJudge(), proxy, settings=_settings())
+    runner = RolloutRunner(AskOnce, AsyncJudge(), proxy, _config())
     assert (await runner.run_episode(TASK)).reward == 0.25
-    runner = RolloutRunner(BlocksSynchronously, BrokenJudge(), proxy, settings=_settings())
+    runner = RolloutRunner(BlocksSynchronously, BrokenJudge(), proxy, _config())
     result = await runner.run_episode(TASK)
     assert result.reward == 1.0 and result.judge_error is None, "a workflow's own reward skips the judge"
     runner.close()
@@ -121,7 +123,7 @@ async def test_async_judge_and_workflow_reward_bypass(stack):
 
 async def test_raising_workflow_gives_recorded_zero_reward_sample(stack):
     _, proxy = stack
-    runner = RolloutRunner(Raises, ContainsJudge(), proxy, settings=_settings())
+    runner = RolloutRunner(Raises, ContainsJudge(), proxy, _config())
     result = await runner.run_episode(TASK)
     assert result.reward == 0.0 and not result.is_success
     assert "RuntimeError: tool exploded" in result.error
@@ -132,10 +134,10 @@ async def test_raising_workflow_gives_recorded_zero_reward_sample(stack):
 
 async def test_judge_failure_and_timeout_are_zero_reward(stack):
     _, proxy = stack
-    runner = RolloutRunner(AskOnce, BrokenJudge(), proxy, settings=_settings())
+    runner = RolloutRunner(AskOnce, BrokenJudge(), proxy, _config())
     result = await runner.run_episode(TASK)
     assert result.reward == 0.0 and "KeyError" in result.judge_error
-    runner = RolloutRunner(Sleeps, ContainsJudge(), proxy, settings=_settings(episode_timeout=0.3))
+    runner = RolloutRunner(Sleeps, ContainsJudge(), proxy, _config("rollout.episode_timeout=0.3"))
     result = await runner.run_episode(TASK)
     assert result.reward == 0.0 and result.error.startswith("timeout")
     runner.close()
@@ -144,7 +146,7 @@ async def test_judge_failure_and_timeout_are_zero_reward(stack):
 async def test_batch_runs_blocking_episodes_concurrently_and_in_order(stack):
     _, proxy = stack
     BlocksSynchronously.most_at_once = 0
-    runner = RolloutRunner(BlocksSynchronously, None, proxy, settings=_settings(max_concurrency=4))
+    runner = RolloutRunner(BlocksSynchronously, None, proxy, _config("rollout.max_env_worker=4"))
     tasks = [Task(main_query=f"q{i}", task_id=f"t{i}") for i in range(2)]
     results = await runner.run_batch(tasks, num_repeat=4)
     assert [(r.task_id, r.repeat_index) for r in results] == [(f"t{i}", j) for i in range(2) for j in range(4)]
@@ -164,7 +166,7 @@ async def test_reward_list_is_assigned_per_sample(stack, tokenizer):
                 await client.chat.completions.create(model="m", messages=[{"role": "user", "content": query}])
             return WorkflowOutput(reward=[0.1, 0.9])
 
-    runner = RolloutRunner(TwoConversations, None, proxy, settings=_settings())
+    runner = RolloutRunner(TwoConversations, None, proxy, _config())
     result = await runner.run_episode(TASK)
     assert [s.reward for s in result.samples] == [0.1, 0.9]
     assert result.reward == 0.9
@@ -181,8 +183,8 @@ async def test_waiting_for_a_worker_thread_does_not_count_against_the_timeout(st
 
     # One worker thread, four episodes of 0.6 s each, a 1.5 s timeout + 0.1 s grace: the fourth waits
     # 1.8 s for the thread, which must not count as running past its timeout.
-    settings = _settings(max_concurrency=1, episode_timeout=1.5, blocked_grace=0.1)
-    runner = RolloutRunner(SlowButInTime, None, proxy, settings=settings)
+    config = _config("rollout.max_env_worker=1", "rollout.episode_timeout=1.5")
+    runner = RolloutRunner(SlowButInTime, None, proxy, config, blocked_grace=0.1)
     results = await runner.run_batch([TASK], num_repeat=4)
     assert [r.error for r in results] == [None] * 4
     assert [r.reward for r in results] == [1.0] * 4

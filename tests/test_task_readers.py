@@ -15,16 +15,10 @@ import pytest
 from env_service_reference import create_app, make_tasks, serve_in_thread
 
 from ajet.config import load_config
+from ajet.env_service import EnvServiceClient, EnvServiceError, bind_env
+from ajet.judge.env_service import EnvServiceJudge
 from ajet.schema import WorkflowOutput, WorkflowTask
-from ajet.task_reader import (
-    EnvServiceClient,
-    EnvServiceError,
-    EnvServiceJudge,
-    TaskReaderError,
-    bind_env,
-    build_task_reader,
-    reference_answer,
-)
+from ajet.task_reader import TaskReaderError, build_task_reader, solution_final_answer
 
 
 def gsm8k_rows(path) -> list[dict]:
@@ -264,10 +258,15 @@ def test_unsupported_and_missing_files(tmp_path):
 
 
 def test_reference_answer_forms():
-    assert reference_answer("so 3 + 4 = 7\n#### 1,234") == "1234"
-    assert reference_answer("first #### 1 then #### 2") == "2"
-    assert reference_answer(" 42 ") == "42"
-    assert reference_answer(17) == "17"
+    assert solution_final_answer("so 3 + 4 = 7\n#### 1,234") == "1234"
+    assert solution_final_answer("first #### 1 then #### 2") == "2"
+    assert solution_final_answer(" 42 ") == "42"
+    assert solution_final_answer(17) == "17"
+    # Only the line after the mark is the answer: the reader and the math judge read it alike.
+    from ajet.judge.math import reference_answer
+
+    solution = "so 2 + 3 = 5\n#### 5\n(checked twice)"
+    assert solution_final_answer(solution) == "5" == reference_answer({"answer": solution})
 
 
 # ------------------------------------------------------------------------------------ env_service

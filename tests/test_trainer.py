@@ -5,15 +5,14 @@ from __future__ import annotations
 import copy
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ajet.schema import Sample
+from ajet.testing.config import make_config
 from ajet.trainer import (
     PolicyTrainer,
     latest_checkpoint,
@@ -23,7 +22,6 @@ from ajet.trainer import (
 
 torch.set_num_threads(2)
 VOCAB = 61
-DEFAULTS = yaml.safe_load((Path(__file__).resolve().parents[1] / "ajet/config/default.yaml").read_text())["ajet"]
 
 
 def tiny_model(seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
@@ -41,17 +39,14 @@ def tiny_model(seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def trainer_cfg(**overrides) -> dict:
-    cfg = copy.deepcopy(DEFAULTS["trainer_common"])
-    cfg["optim"]["lr"] = 1e-3
-    cfg["optim"]["weight_decay"] = 0.0
-    for key, value in overrides.items():
-        node = cfg
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-    return cfg
+def trainer_cfg(**overrides):
+    """The `trainer_common` section with a test-sized learning rate; `overrides` by dotted key."""
+    settings = {"optim.lr": 1e-3, "optim.weight_decay": 0.0, **overrides}
+    return make_config(*(f"trainer_common.{key}={value}" for key, value in settings.items())).trainer_common
+
+
+def lora_cfg(**overrides):
+    return make_config(*(f"lora.{key}={value}" for key, value in overrides.items())).lora
 
 
 def make_samples(model, n: int = 5, seed: int = 1, temperature: float = 1.0, prompt_len: int = 4) -> list[Sample]:
@@ -246,7 +241,7 @@ def test_full_finetune_kl_against_frozen_copy():
 
 
 # ---------------------------------------------------------------- LoRA
-LORA = {"lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear"}
+LORA = lora_cfg(lora_rank=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear")
 
 
 def test_lora_trains_only_adapters_and_exports_merged_weights():

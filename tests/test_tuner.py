@@ -1,4 +1,4 @@
-"""AjetTuner: its three forms reach the episode's proxy; a real AgentScope ReActAgent runs on it."""
+"""AjetTuner: its forms (AgentScope, OpenAI, Anthropic) reach the episode's proxy; a real AgentScope ReActAgent runs on it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from proxy_helpers import tokenizer, tool_call_text
 from ajet.engine.base import SamplingParams
 from ajet.engine.scripted import ScriptedEngine
 from ajet.proxy import ProxyServer
-from ajet.tuner import AjetTuner, OaiBaseUrlApiKey
+from ajet.tuner import AjetTuner, AnthropicBaseUrlApiKey, OaiBaseUrlApiKey
 
 pytestmark = pytest.mark.network_loopback
 
@@ -40,6 +40,26 @@ def test_oai_baseurl_apikey_is_frozen_and_points_at_the_episode():
     assert pair == OaiBaseUrlApiKey("http://127.0.0.1:1/v1", "ajet-secret")
     with pytest.raises(dataclasses.FrozenInstanceError):
         pair.api_key = "other"  # type: ignore[misc]
+
+
+def test_anthropic_baseurl_apikey_is_the_proxy_url_without_v1():
+    tuner = AjetTuner("http://127.0.0.1:1/v1", "ajet-secret", "ep")
+    assert tuner.as_anthropic_baseurl_apikey() == AnthropicBaseUrlApiKey("http://127.0.0.1:1", "ajet-secret")
+    assert tuner.as_oai_baseurl_apikey().base_url == "http://127.0.0.1:1/v1"
+
+
+async def test_anthropic_and_responses_clients_are_tracked_into_the_episode_and_closed(scripted_proxy):
+    proxy, engine, handle, tuner = scripted_proxy(lambda _: "one reply")
+    claude = tuner.as_raw_anthropic_sdk_client()
+    assert str(claude.base_url).rstrip("/") == handle.base_url.removesuffix("/v1") and claude.api_key == handle.api_key
+    message = await claude.messages.create(model="x", max_tokens=32, messages=[{"role": "user", "content": "hi"}])
+    response = await tuner.as_raw_openai_sdk_client().responses.create(model="x", input="hi")
+    assert message.content[0].text == response.output_text == "one reply"
+    calls = proxy.close_episode(handle.api_key).calls
+    assert [c.response_ids for c in calls] == [r.completion.token_ids for r in engine.requests] and len(calls) == 2
+    clients = list(tuner._clients)
+    await tuner.aclose()
+    assert len(clients) == 2 and all(c.is_closed() for c in clients)
 
 
 async def test_raw_openai_client_is_tracked_into_the_episode(scripted_proxy):

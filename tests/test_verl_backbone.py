@@ -9,7 +9,6 @@ sampling_params=...) -> TokenOutput` interface, backed by ajet's ScriptedEngine.
 from __future__ import annotations
 
 import argparse
-
 import asyncio
 import json
 import threading
@@ -22,6 +21,7 @@ verl = pytest.importorskip("verl", reason="verl is not installed (pip install 'a
 
 from proxy_helpers import ADD_TOOL, tokenizer, tool_call_text
 
+from ajet.backbone import LaunchOptions
 from ajet.backbone.verl.batch import samples_to_dataproto, split_sample
 from ajet.backbone.verl.config_translation import (
     AGENT_LOOP_NAME,
@@ -29,10 +29,10 @@ from ajet.backbone.verl.config_translation import (
     compose_verl_config,
     translate_config,
 )
+from ajet.backbone.verl.server_engine import VerlServerEngine, from_verl_sampling_params, to_verl_sampling_params
 from ajet.config import load_config
 from ajet.engine.base import SamplingParams
 from ajet.engine.scripted import ScriptedEngine, scripted_logprob
-from ajet.engine.verl_server import VerlServerEngine, from_verl_sampling_params, to_verl_sampling_params
 from ajet.judge.base import BaseJudge
 from ajet.schema import Sample, Task, WorkflowOutput
 from ajet.workflow import Workflow
@@ -373,12 +373,12 @@ def agent_loop_env(monkeypatch):
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from ajet.backbone import components
     from ajet.backbone.verl import agent_loop as al
+    from ajet.training import user_code
 
     cfg = math_cfg("rollout.proxy_host=127.0.0.1", "rollout.max_env_worker=2", "rollout.temperature=0.8",
                    "data.max_prompt_length=512", "data.max_response_length=256")
-    monkeypatch.setattr(components, "load_workflow_and_judge", lambda c: (AddToolWorkflow, AnswerJudge(config=c)))
+    monkeypatch.setattr(user_code, "build_workflow_and_judge", lambda c: (AddToolWorkflow, AnswerJudge(config=c)))
     verl_cfg = compose_verl_config(translate_config(cfg))
     tok = tokenizer()
     scripted = ScriptedEngine(tok, _scripted_reply)
@@ -482,10 +482,10 @@ async def test_agent_loop_turns_a_failed_episode_into_a_zero_reward_row(agent_lo
         async def execute(self, workflow_task, tuner):
             raise RuntimeError("tool server down")
 
-    from ajet.backbone import components
     from ajet.backbone.verl.agent_loop import task_to_extra_info
+    from ajet.training import user_code
 
-    monkeypatch.setattr(components, "load_workflow_and_judge", lambda c: (Broken, AnswerJudge(config=c)))
+    monkeypatch.setattr(user_code, "build_workflow_and_judge", lambda c: (Broken, AnswerJudge(config=c)))
     task = Task(main_query="What is 40 + 2?", task_id="t-x", metadata={"reference_answer": "42"})
     out = await agent_loop_env.make_loop().run(
         {"temperature": 1.0, "top_p": 1.0, "top_k": -1}, raw_prompt=task.init_messages, extra_info=task_to_extra_info(task, 0)
@@ -538,11 +538,11 @@ async def test_verls_v1_worker_stores_every_sample_of_an_episode_with_its_versio
     from verl.trainer.ppo.v1 import agent_loop_tq
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from ajet.backbone import components
     from ajet.backbone.verl import agent_loop as al
+    from ajet.training import user_code
 
     env = agent_loop_env
-    monkeypatch.setattr(components, "load_workflow_and_judge", lambda c: (TwoContextsWorkflow, AnswerJudge(config=c)))
+    monkeypatch.setattr(user_code, "build_workflow_and_judge", lambda c: (TwoContextsWorkflow, AnswerJudge(config=c)))
     env.manager.engine = ScriptedEngine(env.tok, lambda text: "42")
     env.manager.global_steps = 3
     v1_cfg = compose_verl_config(translate_config(math_cfg(
@@ -610,13 +610,13 @@ async def test_agent_loop_driven_by_the_hf_engine_keeps_tokens_and_logprobs_alig
     model's own log-softmax at exactly the response tokens."""
     import torch
 
-    from ajet.backbone import components
     from ajet.backbone.verl.agent_loop import task_to_extra_info
     from ajet.engine.hf import HFEngine
     from ajet.models import load_model
+    from ajet.training import user_code
 
     torch.set_num_threads(2)
-    monkeypatch.setattr(components, "load_workflow_and_judge", lambda c: (AskOnceWorkflow, None))
+    monkeypatch.setattr(user_code, "build_workflow_and_judge", lambda c: (AskOnceWorkflow, None))
     model = load_model("builtin:tiny-qwen2-random")
     engine = HFEngine(model, agent_loop_env.tok, max_batch_size=4, seed=0)
     engine.start()
@@ -694,7 +694,7 @@ def test_samples_to_dataproto_puts_reward_at_the_last_token_of_a_truncated_respo
 # -- the launcher's dependency check ----------------------------------------------------------------
 
 
-def test_missing_verl_explains_how_to_install(capsys):
+def test_missing_verl_explains_how_to_install(capsys, tmp_path):
     from ajet.backbone.verl import launch
 
     def fake_find_spec(name):
@@ -707,19 +707,20 @@ def test_missing_verl_explains_how_to_install(capsys):
     assert "verl==0.9.1" in message and "vllm" in message and "ray" in message
 
     cfg = math_cfg()
-    code = launch.run(cfg, SimpleNamespace(), find_spec=fake_find_spec)
+    code = launch.run(cfg, LaunchOptions("verl", tmp_path), find_spec=fake_find_spec)
     assert code == launch.EXIT_MISSING_DEPENDENCIES
     assert 'pip install "ajet[verl]"' in capsys.readouterr().err
 
 
-def test_verl_on_a_machine_without_gpus_says_so_instead_of_waiting(capsys, monkeypatch):
+def test_verl_on_a_machine_without_gpus_says_so_instead_of_waiting(capsys, monkeypatch, tmp_path):
     import torch
 
     from ajet.backbone.verl import launch
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code = launch.run(math_cfg("trainer_common.n_gpus_per_node=2"), SimpleNamespace(), find_spec=lambda name: object())
+    options = LaunchOptions("verl", tmp_path)
+    code = launch.run(math_cfg("trainer_common.n_gpus_per_node=2"), options, find_spec=lambda name: object())
     assert code == launch.EXIT_NO_GPU
     err = capsys.readouterr().err
     assert "needs 2 NVIDIA GPU(s)" in err and "found 0" in err

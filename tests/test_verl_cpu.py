@@ -77,7 +77,8 @@ def test_verl_processes_load_ajets_modules_next_to_the_users():
     from ajet.backbone.verl.launch import verl_process_env
 
     gpu = verl_process_env(False, "7", environ={"VERL_USE_EXTERNAL_MODULES": "my_plugin"})
-    assert gpu == {"VERL_USE_EXTERNAL_MODULES": "my_plugin,ajet.backbone.verl.compat"}
+    # The run mark goes to every worker, GPU or not: `ajet --kill` finds them by it.
+    assert gpu == {"VERL_USE_EXTERNAL_MODULES": "my_plugin,ajet.backbone.verl.compat", "AJET_RUN_ID": "7"}
     cpu = verl_process_env(True, "7", environ={})
     assert cpu["VERL_USE_EXTERNAL_MODULES"].split(",") == [
         "ajet.backbone.verl.compat", "ajet.backbone.verl.cpu_platform", "ajet.backbone.verl.hf_rollout"]

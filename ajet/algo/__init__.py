@@ -3,6 +3,12 @@
 from ajet.algo.advantages import grpo_advantages
 from ajet.algo.losses import entropy_from_logits, kl_penalty, policy_loss
 from ajet.algo.masking import AGG_MODES, agg_loss, masked_mean, masked_sum
+from ajet.algo.registry import (
+    UnknownAlgorithmError,
+    advantage_estimator,
+    advantage_estimator_names,
+    register_advantage,
+)
 from ajet.algo.rollout_correction import (
     logprob_gap_metrics,
     ratio_band_mask,
@@ -11,6 +17,9 @@ from ajet.algo.rollout_correction import (
 
 __all__ = [
     "AGG_MODES",
+    "UnknownAlgorithmError",
+    "advantage_estimator",
+    "advantage_estimator_names",
     "agg_loss",
     "entropy_from_logits",
     "grpo_advantages",
@@ -20,5 +29,6 @@ __all__ = [
     "masked_sum",
     "policy_loss",
     "ratio_band_mask",
+    "register_advantage",
     "truncated_is_weights",
 ]

@@ -7,6 +7,9 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from ajet.algo.registry import register_advantage
+from ajet.config.schema import AlgorithmConfig
+
 
 def grpo_advantages(
     rewards: torch.Tensor,
@@ -47,3 +50,9 @@ def grpo_advantages(
             centred = centred / (group.std(unbiased=True) + eps)
         advantages[index] = centred
     return advantages
+
+
+@register_advantage("grpo")
+def grpo_estimator(rewards: torch.Tensor, group_ids: Sequence[Hashable], algorithm: AlgorithmConfig) -> torch.Tensor:
+    """`adv_estimator: grpo`; `norm_adv_by_std_in_grpo: false` leaves the advantages mean-centred only."""
+    return grpo_advantages(rewards, group_ids, norm_by_std=algorithm.norm_adv_by_std_in_grpo)

@@ -6,13 +6,9 @@ marks the tokens that carry loss (the policy's sampled tokens).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from ajet.algo.masking import agg_loss, masked_mean
-
-KLKind = Literal["kl", "abs", "mse", "low_var_kl"]
 
 # exp() of a log-ratio beyond this overflows float32 gradients; verl and TRL clamp at the same bound.
 _MAX_LOG_RATIO = 20.0
@@ -114,11 +110,12 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "
     raise ValueError(f"unknown kl kind {kind!r}; expected kl | abs | mse | low_var_kl")
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+def entropy_from_logits(logits: torch.Tensor, logsumexp: torch.Tensor | None = None) -> torch.Tensor:
     """Entropy of softmax(logits) over the last dim: `[..., V] -> [...]`.
 
     Uses H = logsumexp(z) - sum(softmax(z) * z), which needs no log_softmax tensor of its own.
+    `logsumexp` (`[...]`, of these same logits) skips recomputing it when the caller already has it.
     """
     logits = logits.float()
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+    lse = torch.logsumexp(logits, dim=-1) if logsumexp is None else logsumexp
+    return lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)

@@ -1,33 +1,32 @@
-"""Backbones wire every part together: `debug` (one process) and `verl` (Ray + vLLM + verl)."""
+"""Backbones wire a run together: `debug` (one process) and `verl` (Ray + vLLM + verl's trainer).
+
+Each module offers `check_config(cfg)` (settings it cannot honour stop the run before anything heavy
+starts) and `run(cfg, options) -> exit status`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from ajet.backbone.options import BackboneName, LaunchOptions
+from ajet.config import AjetConfig
 
 
-def resolve_user_classes(cfg: Any) -> tuple[type, type | None]:
-    """Import the configured workflow and judge classes (the launcher calls this early, so a bad spec
-    fails before any model loads; the backbones call it again to build them)."""
-    from ajet.imports import import_object
-    from ajet.judge.base import BaseJudge
-    from ajet.workflow import Workflow
-
-    workflow_cls = import_object(cfg.rollout.user_workflow, Workflow, key="ajet.rollout.user_workflow")
-    judge_cls = None
-    if cfg.task_judge.judge_protocol:
-        judge_cls = import_object(cfg.task_judge.judge_protocol, BaseJudge, key="ajet.task_judge.judge_protocol")
-    return workflow_cls, judge_cls
-
-
-def run(cfg: Any, launch_args: Any) -> int:
-    """Run the experiment described by `cfg` on the backbone chosen by --backbone (or `ajet.backbone`)."""
-    backbone = getattr(launch_args, "backbone", None) or cfg.backbone
+def check_config(cfg: AjetConfig, backbone: BackboneName) -> None:
+    """Raise ConfigError for a setting `backbone` cannot honour."""
     if backbone == "debug":
-        from ajet.backbone.debug import run_debug
+        from ajet.backbone.debug import check_config as check_debug
 
-        return run_debug(cfg, launch_args)
-    if backbone == "verl":
-        from ajet.backbone.verl.launch import run as run_verl
+        check_debug(cfg)
 
-        return run_verl(cfg, launch_args)
-    raise ValueError(f"unknown backbone {backbone!r}: choose debug or verl")
+
+def run(cfg: AjetConfig, options: LaunchOptions) -> int:
+    """Run the experiment described by `cfg` on `options.backbone`."""
+    if options.backbone == "debug":
+        from ajet.backbone.debug import run as run_debug
+
+        return run_debug(cfg, options)
+    from ajet.backbone.verl.launch import run as run_verl
+
+    return run_verl(cfg, options)
+
+
+__all__ = ["BackboneName", "LaunchOptions", "check_config", "run"]

@@ -1,311 +1,72 @@
-"""The one-process backbone: rollouts, judging and GRPO updates in a single Python process, no Ray.
+"""The one-process backbone: rollouts, judging and updates in this Python process, no Ray.
 
-One training step, as it reads in `TrainingLoop.step`:
-
-    groups  = await producer.take()                  # num_repeat episodes per task, judged
-    batch   = build_training_batch(groups)           # GRPO advantages per episode -> per sample
-    metrics = trainer.train_step(batch.samples, batch.advantages)
-    push the new weights to the engine; producer.step_done()
-    log, logview, checkpoint, validate
-
-The engine batches generation on its own thread, the proxy serves HTTP on another and each episode
-runs on a worker thread (see ajet.rollout.runner), so a breakpoint in a workflow or judge stops just
-that episode. With `trainer_common.async.max_staleness > 0` the producer keeps rolling out later steps
-while the trainer updates (the engine then holds its own copy of the weights).
+It wires the run (its log file, an optional Ray session for `--with-ray`) and hands over to the
+backbone-independent loop in `ajet.training`. Breakpoints in workflows and judges work here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
-import time
 from pathlib import Path
-from typing import Any
 
-from tqdm.auto import tqdm
-
-from ajet.backbone.batch import build_training_batch
-from ajet.backbone.components import RolloutStack, build_rollout_stack, pick_device
-from ajet.backbone.evaluate import evaluate, write_eval_report
-from ajet.rollout.groups import GroupProducer
-from ajet.rollout.metrics import summarize_episodes
-from ajet.rollout.task_stream import TaskStream
-
-logger = logging.getLogger(__name__)
+from ajet.backbone.options import LaunchOptions
+from ajet.config import AjetConfig, ConfigError
 
 
-def run_debug(cfg: Any, launch_args: Any) -> int:
-    run_dir = Path(getattr(launch_args, "run_dir", None) or _default_run_dir(cfg))
+def check_config(cfg: AjetConfig) -> None:
+    """Stop on every setting one process cannot honour, naming the key and what it may be.
+
+    Called by the launcher before anything heavy starts.
+    """
+    from ajet.algo import UnknownAlgorithmError, advantage_estimator
+
+    try:
+        advantage_estimator(cfg.trainer_common.algorithm.adv_estimator)
+    except UnknownAlgorithmError as exc:
+        raise ConfigError(
+            f"ajet.trainer_common.algorithm.adv_estimator = {cfg.trainer_common.algorithm.adv_estimator!r}: {exc}",
+            key="ajet.trainer_common.algorithm.adv_estimator",
+            value=cfg.trainer_common.algorithm.adv_estimator,
+        ) from None
+    one_device = {
+        "ajet.rollout.tensor_model_parallel_size": cfg.rollout.tensor_model_parallel_size,
+        "ajet.trainer_common.nnodes": cfg.trainer_common.nnodes,
+    }
+    for key, value in one_device.items():
+        if value != 1:
+            raise ConfigError(
+                f"{key} = {value!r}: the debug backbone runs in one process on one device, so it must be 1 "
+                f"(pass {key.removeprefix('ajet.')}=1, or use --backbone verl to scale out)",
+                key=key,
+                value=value,
+            )
+    if cfg.trainer_common.n_gpus_per_node > 1:
+        key = "ajet.trainer_common.n_gpus_per_node"
+        raise ConfigError(
+            f"{key} = {cfg.trainer_common.n_gpus_per_node}: the debug backbone trains on one device, so it "
+            "must be 0 or 1 (pass trainer_common.n_gpus_per_node=1, or use --backbone verl for several GPUs)",
+            key=key,
+            value=cfg.trainer_common.n_gpus_per_node,
+        )
+
+
+def run(cfg: AjetConfig, options: LaunchOptions) -> int:
+    from ajet.training import TrainingLoop, run_evaluation
+
+    run_dir = options.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(run_dir / "ajet.log")
-    with_logview = bool(getattr(launch_args, "with_logview", False))
-    with_ray = bool(getattr(launch_args, "with_ray", False))
     with contextlib.ExitStack() as stack:
-        if with_ray:
+        if options.with_ray:
             from ajet.ray_utils import ray_session
 
             stack.enter_context(ray_session(namespace="ajet"))
         if cfg.trainer_common.val_only:
-            return asyncio.run(run_evaluation(cfg, run_dir, with_logview=with_logview, with_ray=with_ray))
-        loop = TrainingLoop(cfg, run_dir, with_logview=with_logview, with_ray=with_ray)
+            return asyncio.run(run_evaluation(cfg, run_dir, with_logview=options.with_logview, with_ray=options.with_ray))
+        loop = TrainingLoop(cfg, run_dir, with_logview=options.with_logview, with_ray=options.with_ray)
         return asyncio.run(loop.run())
-
-
-async def run_evaluation(cfg: Any, run_dir: Path, *, with_logview: bool = False, with_ray: bool = False) -> int:
-    """`ajet.trainer_common.val_only=true`: evaluate the model on the validation split and write eval.json."""
-    from ajet.task_reader import build_task_reader
-
-    tasks = build_task_reader(cfg).val_tasks()
-    limit = cfg.trainer_common.val_max_num_task_each_validation
-    tasks = tasks[:limit] if limit else tasks
-    stack = build_rollout_stack(cfg, with_ray=with_ray)
-    try:
-        metrics, episodes = await evaluate(stack.runner, tasks, num_repeat=cfg.rollout.val_kwargs.num_repeat)
-    finally:
-        stack.close()
-    report_path = run_dir / "eval.json"
-    write_eval_report(report_path, metrics, episodes, {"model": cfg.model.path, "tasks": len(tasks), "workflow": cfg.rollout.user_workflow})
-    if with_logview:
-        _write_logview(
-            run_dir / "logview" / "eval.html", episodes, stack.tokenizer, None, step=0, title="evaluation",
-            max_episodes=cfg.trainer_common.logview_episodes,
-        )
-    _print_table("evaluation", metrics)
-    print(f"wrote {report_path}")
-    return 0
-
-
-class TrainingLoop:
-    """GRPO training on the debug backbone. `advantage_sign=-1` is the learning-proof control only."""
-
-    def __init__(
-        self, cfg: Any, run_dir: Path, *, with_logview: bool = False, with_ray: bool = False, advantage_sign: float = 1.0
-    ) -> None:
-        self.cfg = cfg
-        self.with_ray = with_ray
-        self.run_dir = Path(run_dir)
-        self.with_logview = with_logview
-        self.advantage_sign = advantage_sign
-        self.max_staleness = int(cfg.trainer_common.async_.max_staleness)
-        self.history: list[dict[str, float]] = []
-
-    async def run(self) -> int:
-        from ajet.logging import MetricsLogger
-        from ajet.task_reader import build_task_reader
-        from ajet.trainer import PolicyTrainer, latest_checkpoint
-
-        cfg, tc = self.cfg, self.cfg.trainer_common
-        reader = build_task_reader(cfg)
-        train_tasks = reader.train_tasks()  # shuffled with data.seed, cut to debug.debug_first_n_tasks
-        val_tasks = reader.val_tasks() if (tc.test_freq or tc.val_before_train) else []
-        if tc.val_max_num_task_each_validation:
-            val_tasks = val_tasks[: tc.val_max_num_task_each_validation]
-
-        self.stack = stack = build_rollout_stack(
-            cfg, separate_engine_weights=self.max_staleness > 0, with_ray=self.with_ray
-        )
-        self.trainer = PolicyTrainer(stack.policy, stack.tokenizer, tc, cfg.lora, device=pick_device())
-        step, position, version = 0, 0, 0
-        ckpt = self._resume_from(latest_checkpoint)
-        if ckpt is not None:
-            state = self.trainer.load_checkpoint(ckpt)
-            step, position, version = state["step"], state["stream_position"], state["policy_version"]
-            logger.info("resumed from %s at step %d (task position %d)", ckpt, step, position)
-            print(f"resumed from {ckpt} at step {step}")
-            if not stack.shares_weights:
-                stack.engine.update_weights(self.trainer.engine_weights(), version)
-        stack.engine.policy_version = version
-
-        batch_size = cfg.data.train_batch_size
-        stream = TaskStream(train_tasks, seed=cfg.data.seed, shuffle=cfg.data.shuffle, position=position)
-        total_steps = tc.total_training_steps or tc.total_epochs * math.ceil(len(train_tasks) / batch_size)
-        self.producer = GroupProducer(
-            self._run_group,
-            stream,
-            batch_size=batch_size,
-            max_staleness=self.max_staleness,
-            stale_policy=tc.async_.stale_policy,
-            current_version=lambda: stack.engine.policy_version,
-        )
-        self.metrics_logger = MetricsLogger(self.run_dir, list(tc.logger), cfg.project_name, cfg.experiment_name, cfg.to_dict())
-        last_saved = step
-        try:
-            if tc.val_before_train and val_tasks:
-                await self._validate(val_tasks, step)
-            bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
-            while step < total_steps:
-                metrics = await self.step(step)
-                step += 1
-                self.metrics_logger.log(metrics, step)
-                self.history.append(metrics)
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics.get('rollout/reward_mean', 0):.3f}", loss=f"{metrics.get('train/loss', 0):.4f}")
-                if tc.save_freq and step % tc.save_freq == 0:
-                    self._save(step)
-                    last_saved = step
-                if tc.test_freq and val_tasks and step % tc.test_freq == 0:
-                    await self._validate(val_tasks, step)
-            bar.close()
-            if step != last_saved:
-                self._save(step)
-                last_saved = step
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            logger.warning("interrupted at step %d", step)
-            if step != last_saved:
-                self._save(step)
-            raise
-        finally:
-            leftover = await self.producer.close()
-            if leftover:
-                # Finished groups that were never trained: counted, so nothing vanishes silently.
-                logger.warning("%d finished group(s) were not trained (run ended) and are dropped", len(leftover))
-                self.metrics_logger.log({"async/dropped_at_shutdown": float(len(leftover))}, step)
-            self.metrics_logger.close()
-            stack.close()
-        return 0
-
-    async def step(self, step: int) -> dict[str, float]:
-        """One GRPO step: take judged groups, compute advantages, update, serve the new weights."""
-        stack, tc = self.stack, self.cfg.trainer_common
-        t0 = time.perf_counter()
-        taken = await self.producer.take()
-        t_rollout = time.perf_counter() - t0
-        episodes = [e for g in taken.groups for e in g.episodes]
-        batch = build_training_batch(
-            taken.groups, norm_by_std=tc.algorithm.norm_adv_by_std_in_grpo, advantage_sign=self.advantage_sign
-        )
-
-        t1 = time.perf_counter()
-        train_metrics: dict[str, float] = {}
-        new_version = step + 1
-        with self._engine_paused():
-            if batch.samples:
-                train_metrics = await asyncio.to_thread(
-                    self.trainer.train_step, batch.samples, batch.advantages, self.cfg.rollout.temperature
-                )
-            else:
-                logger.warning("step %d: no trainable tokens in the batch (all episodes failed before sampling?)", step)
-            if stack.shares_weights:
-                # Inside the pause: a request admitted after it already reads the new weights.
-                stack.engine.policy_version = new_version
-        if not stack.shares_weights:
-            stack.engine.update_weights(self.trainer.engine_weights(), new_version)
-        t_train = time.perf_counter() - t1
-        self.producer.step_done()
-
-        metrics = summarize_episodes(episodes)
-        metrics.update({f"train/{k}": float(v) for k, v in train_metrics.items()})
-        judge_s = sum(e.metrics.get("judge_s", 0.0) for e in episodes)
-        metrics.update(
-            {
-                "timing/rollout_s": t_rollout,
-                "timing/judge_s_sum": judge_s,
-                "timing/train_s": t_train,
-                "timing/step_s": time.perf_counter() - t0,
-                "train/samples": float(len(batch.samples)),
-                "train/tokens": float(batch.num_tokens),
-                "async/policy_version": float(new_version),
-                "async/dropped_groups": float(len(taken.dropped)),
-                "async/dropped_groups_total": float(self.producer.dropped_total),
-                "async/staleness_max": float(max(taken.staleness) if taken.staleness else 0),
-                "async/groups_spanning_versions": float(sum(g.spans_versions for g in taken.groups)),
-            }
-        )
-        for staleness, count in taken.staleness.items():
-            metrics[f"async/staleness_hist/{staleness}"] = float(count)
-        _append_rollout_log(self.run_dir / "rollouts" / f"step_{step + 1:05d}.jsonl", episodes, taken.dropped)
-        if self.with_logview:
-            advantages = {id(s): a for s, a in zip(batch.samples, batch.advantages)}
-            _write_logview(
-                self.run_dir / "logview" / f"step_{step + 1:05d}.html", episodes, stack.tokenizer, advantages,
-                step=step + 1, title=self.cfg.experiment_name, max_episodes=tc.logview_episodes,
-            )
-        return metrics
-
-    async def _run_group(self, task: Any, launch_index: int) -> list:
-        return await self.stack.runner.run_batch([task], self.cfg.rollout.num_repeat)
-
-    async def _validate(self, val_tasks: list, step: int) -> None:
-        metrics, episodes = await evaluate(self.stack.runner, val_tasks, num_repeat=self.cfg.rollout.val_kwargs.num_repeat)
-        self.metrics_logger.log(metrics, step)
-        write_eval_report(self.run_dir / "validation" / f"step_{step:05d}.json", metrics, episodes, {"step": step})
-
-    def _save(self, step: int) -> None:
-        state = {
-            "step": step,
-            "stream_position": self.producer.consumed_position,
-            "policy_version": self.stack.engine.policy_version,
-            "dropped_groups_total": self.producer.dropped_total,
-        }
-        path = self.trainer.save_checkpoint(self.run_dir / "checkpoints", step=step, extra_state=state)
-        logger.info("saved checkpoint %s", path)
-
-    def _resume_from(self, latest_checkpoint: Any) -> Path | None:
-        resume = str(self.cfg.trainer_common.resume)
-        if resume == "never":
-            return None
-        if resume == "auto":
-            return latest_checkpoint(self.run_dir / "checkpoints")
-        path = Path(resume)
-        if not path.exists():
-            raise FileNotFoundError(f"ajet.trainer_common.resume={resume!r}: no such checkpoint directory")
-        return latest_checkpoint(path) or path
-
-    @contextlib.contextmanager
-    def _engine_paused(self):
-        """With shared weights the engine must not decode mid-update; otherwise nothing to hold."""
-        pause = getattr(self.stack.engine, "paused", None)
-        if self.stack.shares_weights and pause is not None:
-            with pause():
-                yield
-        else:
-            yield
-
-
-def _write_logview(
-    path: Path, episodes: list, tokenizer: Any, advantages: dict | None, *, step: int, title: str, max_episodes: int | None
-) -> None:
-    from ajet.logging import write_logview
-
-    try:
-        write_logview(path, episodes, tokenizer, advantages, step=step, title=title, max_episodes=max_episodes)
-    except Exception:  # noqa: BLE001 - a visualisation failure must never stop training
-        logger.exception("writing the logview page %s failed", path)
-
-
-def _append_rollout_log(path: Path, episodes: list, dropped_groups: list) -> None:
-    """One JSON line per episode of the step (and per dropped one): what ran, what it scored, what failed.
-
-    Written before the update, so a crash in training still leaves the step's rollouts on disk.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dropped = [(e, True) for g in dropped_groups for e in g.episodes]
-    with path.open("a", encoding="utf-8") as f:
-        for episode, was_dropped in [(e, False) for e in episodes] + dropped:
-            output = episode.output
-            record = {
-                "task_id": episode.task_id,
-                "episode_id": episode.episode_id,
-                "repeat_index": episode.repeat_index,
-                "reward": episode.reward,
-                "is_success": episode.is_success,
-                "turns": episode.num_turns,
-                "final_answer": output.metadata.get("final_answer") if output else None,
-                "error": episode.error,
-                "judge_error": episode.judge_error,
-                "policy_versions": sorted({v for s in episode.samples for v in s.versions}),
-                "dropped_as_stale": was_dropped,
-            }
-            f.write(json.dumps(record, default=str) + "\n")
-
-
-def _default_run_dir(cfg: Any) -> Path:
-    from ajet.config import resolve_experiment_dir
-
-    return resolve_experiment_dir(cfg)
 
 
 def _log_to_file(path: Path) -> None:
@@ -316,15 +77,3 @@ def _log_to_file(path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-
-
-def _print_table(title: str, metrics: dict[str, float]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in sorted(metrics.items()):
-        table.add_row(key, f"{value:.4g}")
-    Console().print(table)

@@ -82,7 +82,7 @@ IGNORED_TOP_LEVEL: tuple[str, ...] = ("hydra", "defaults")
 
 # AgentJet's built-in classes named in import specs -> ours.
 SPEC_ALIASES: dict[str, str] = {
-    "ajet.task_judge.env_service_as_judge->EnvServiceJudge": "ajet.task_reader.env_service->EnvServiceJudge",
+    "ajet.task_judge.env_service_as_judge->EnvServiceJudge": "ajet.judge.env_service->EnvServiceJudge",
 }
 SPEC_KEYS: tuple[str, ...] = ("rollout.user_workflow", "task_judge.judge_protocol")
 

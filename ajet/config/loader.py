@@ -8,9 +8,10 @@ Every failure is a `ConfigError` whose message names the key path, the value and
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -24,7 +25,6 @@ from ajet.config.errors import ConfigError
 from ajet.config.merge import deep_merge, set_path
 from ajet.config.messages import ROOT_KEY, closest, config_error
 from ajet.config.schema import AjetConfig
-from ajet.config.schema_extension import extend_schema
 
 logger = logging.getLogger("ajet.config")
 
@@ -61,13 +61,25 @@ def load_config(
     return validate_config(deep_merge(defaults, user))
 
 
+def default_config() -> AjetConfig:
+    """The packaged defaults alone, validated: what a component uses when no config is handed to it.
+
+    A fresh copy each call (sections are mutable), built from one cached validation.
+    """
+    return _validated_defaults().model_copy(deep=True)
+
+
+@lru_cache(maxsize=1)
+def _validated_defaults() -> AjetConfig:
+    return validate_config(_packaged_defaults())
+
+
 def validate_config(merged: dict[str, Any]) -> AjetConfig:
     """Validate a complete `ajet:` block (defaults already merged in) into the typed config."""
-    schema = _schema()
     try:
-        return schema.model_validate(merged)
+        return AjetConfig.model_validate(merged)
     except ValidationError as exc:
-        raise config_error(exc, schema) from None
+        raise config_error(exc, AjetConfig) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -81,11 +93,6 @@ def _default_yaml_text() -> str:
 
 def _packaged_defaults() -> dict[str, Any]:
     return yaml.safe_load(_default_yaml_text())[ROOT_KEY]
-
-
-@lru_cache(maxsize=1)
-def _schema() -> type[AjetConfig]:
-    return extend_schema(AjetConfig, _packaged_defaults())  # type: ignore[return-value]
 
 
 def _read_user_yaml(path: Path) -> dict[str, Any]:

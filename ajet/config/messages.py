@@ -10,6 +10,7 @@ import difflib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from ajet.config.errors import ConfigError
 
@@ -18,7 +19,7 @@ ROOT_KEY = "ajet"
 
 def config_error(exc: ValidationError, schema: type[BaseModel]) -> ConfigError:
     """One ConfigError for all of a validation's errors, one line per key path."""
-    grouped: dict[str, list[dict[str, Any]]] = {}
+    grouped: dict[str, list[ErrorDetails]] = {}
     for err in exc.errors():
         grouped.setdefault(_key_path(err, schema), []).append(err)
 
@@ -28,7 +29,7 @@ def config_error(exc: ValidationError, schema: type[BaseModel]) -> ConfigError:
     return ConfigError(message, key=first_path, value=first_errs[0].get("input"))
 
 
-def _key_path(err: dict[str, Any], schema: type[BaseModel]) -> str:
+def _key_path(err: ErrorDetails, schema: type[BaseModel]) -> str:
     """`ajet.a.b` from a pydantic error's loc, without the union-member tags pydantic appends."""
     parts = [ROOT_KEY]
     model: Any = schema
@@ -53,7 +54,7 @@ def _fields_by_key(model: type[BaseModel]) -> dict[str, Any]:
     return {(field.alias or name): field for name, field in model.model_fields.items()}
 
 
-def _describe(path: str, errs: list[dict[str, Any]], schema: type[BaseModel]) -> str:
+def _describe(path: str, errs: list[ErrorDetails], schema: type[BaseModel]) -> str:
     err = errs[0]
     if err["type"] == "extra_forbidden":
         suggestion = _suggest(path, schema)

@@ -151,7 +151,7 @@ class TaskReaderConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _selected_reader_is_complete(self) -> "TaskReaderConfig":
+    def _selected_reader_is_complete(self) -> TaskReaderConfig:
         if self.type == "huggingface_dat_repo" and not self.huggingface_dat_repo.dataset_path:
             raise ValueError(
                 "ajet.task_reader.huggingface_dat_repo.dataset_path is required when task_reader.type is "
@@ -236,7 +236,7 @@ class RolloutCorrectionConfig(Section):
     mask_high: PositiveFloat | None
 
     @model_validator(mode="after")
-    def _band_is_ordered(self) -> "RolloutCorrectionConfig":
+    def _band_is_ordered(self) -> RolloutCorrectionConfig:
         if self.mask_low is not None and self.mask_high is not None and self.mask_low >= self.mask_high:
             raise ValueError(
                 f"ajet.trainer_common.rollout_correction.mask_low ({self.mask_low}) must be below "
@@ -324,11 +324,3 @@ class AjetConfig(Section):
     def to_yaml(self) -> str:
         """The effective config as YAML under `ajet:`; `load_config` reads it back to an equal config."""
         return yaml.safe_dump({"ajet": self.to_dict()}, sort_keys=False, allow_unicode=True)
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # The loader may extend this class at run time (a default.yaml key without a typed field
-        # yet); such a class cannot be found by name in another process, so a config crosses
-        # process boundaries (Ray, multiprocessing) as plain data and is validated again there.
-        from ajet.config.loader import validate_config
-
-        return (validate_config, (self.to_dict(),))

@@ -8,8 +8,12 @@ trainer learns from is exactly what the engine sampled.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -59,7 +63,11 @@ class Completion:
 
 
 class Engine(abc.ABC):
-    """Async generation over token ids, batched across concurrent callers by the engine itself."""
+    """Async generation over token ids, batched across concurrent callers by the engine itself.
+
+    The whole contract: `generate`, `update_weights`, `pause`/`resume`, `start`/`shutdown`,
+    `policy_version` and `max_model_len`. The training loop calls nothing else.
+    """
 
     tokenizer: Any
     policy_version: int = 0
@@ -76,6 +84,19 @@ class Engine(abc.ABC):
         later tokens carry the new version.
         """
 
+    @abc.abstractmethod
+    def pause(self) -> contextlib.AbstractContextManager[None]:
+        """Let the running decode step finish, then start no new one until `resume()`.
+
+        Returns a context manager whose exit resumes: `with engine.pause(): train(shared_weights)`.
+        Pauses nest (each needs its resume). Blocks the calling thread, which must not be one the
+        engine decodes on. The synchronous schedule updates weights the engine reads inside it.
+        """
+
+    @abc.abstractmethod
+    def resume(self) -> None:
+        """Undo one `pause()`."""
+
     def start(self) -> None:  # noqa: B027 - optional hook
         """Start background workers, if the engine has any."""
 
@@ -85,3 +106,60 @@ class Engine(abc.ABC):
     @property
     def max_model_len(self) -> int:
         return 32768
+
+
+class Resume:
+    """What `Engine.pause()` returns: exiting the `with` block resumes the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._engine.resume()
+
+
+class GatedEngine(Engine):
+    """`pause`/`resume` for engines that decode elsewhere (a server, a script): a gate on `generate`.
+
+    While paused, new requests wait before reaching the backend, and `pause()` returns once the
+    requests already through the gate have finished. Subclasses wrap their backend call in
+    `async with self.admitted():`.
+    """
+
+    def __init__(self) -> None:
+        self._gate = threading.Condition()
+        self._pauses = 0
+        self._in_flight = 0
+
+    def pause(self) -> Resume:
+        with self._gate:
+            self._pauses += 1
+            self._gate.wait_for(lambda: self._in_flight == 0)
+        return Resume(self)
+
+    def resume(self) -> None:
+        with self._gate:
+            if self._pauses == 0:
+                raise RuntimeError(f"{type(self).__name__}.resume() without a matching pause()")
+            self._pauses -= 1
+            self._gate.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        while True:
+            with self._gate:
+                if self._pauses == 0:
+                    self._in_flight += 1
+                    break
+            # Callers come from many event loops on many threads (one per episode), so no asyncio
+            # primitive can wake them all; a short poll while paused costs nothing when not paused.
+            await asyncio.sleep(0.005)
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._in_flight -= 1
+                self._gate.notify_all()

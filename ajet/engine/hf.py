@@ -53,6 +53,7 @@ from ajet.engine.base import (
     Engine,
     EngineClosedError,
     FinishReason,
+    Resume,
     SamplingParams,
 )
 from ajet.engine.kv_batch import PaddedKV, check_full_attention, merge, select
@@ -105,19 +106,6 @@ class _Request:
 
     def completion(self, finish_reason: FinishReason) -> Completion:
         return Completion(list(self.token_ids), list(self.logprobs), finish_reason, list(self.versions))
-
-
-class _Paused:
-    """Returned by HFEngine.pause(): `with engine.pause():` resumes on exit."""
-
-    def __init__(self, engine: HFEngine) -> None:
-        self._engine = engine
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._engine.resume()
 
 
 class HFEngine(Engine):
@@ -262,7 +250,7 @@ class HFEngine(Engine):
             else {}
         )
 
-    def pause(self) -> _Paused:
+    def pause(self) -> Resume:
         """Wait for the running step to finish and hold further steps until resume().
 
         Usable as `with engine.pause(): ...`. Pauses nest (each needs its resume). Blocks the calling
@@ -274,11 +262,7 @@ class HFEngine(Engine):
             self._pause_requests += 1
             while self._in_step:
                 self._cond.wait()
-        return _Paused(self)
-
-    def paused(self) -> _Paused:
-        """Same as pause(), named for `with engine.paused():` (the spelling ajet.backbone.debug uses)."""
-        return self.pause()
+        return Resume(self)
 
     def resume(self) -> None:
         """Undo one pause()."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ajet.engine.base import Completion, Engine, SamplingParams
+from ajet.engine.base import Completion, FinishReason, GatedEngine, SamplingParams
 
 ReplyValue = str | list[int]
 ReplyFn = Callable[..., ReplyValue | Awaitable[ReplyValue]]
@@ -43,7 +43,7 @@ class ScriptedRequest:
     completion: Completion
 
 
-class ScriptedEngine(Engine):
+class ScriptedEngine(GatedEngine):
     """Engine whose reply is `reply_fn(prompt_text)` or `reply_fn(prompt_text, prompt_ids)`.
 
     reply_fn may be sync or async and may return text (tokenised here, without special-token
@@ -54,6 +54,7 @@ class ScriptedEngine(Engine):
     """
 
     def __init__(self, tokenizer: Any, reply_fn: ReplyFn, *, stop_token: str = DEFAULT_STOP_TOKEN) -> None:
+        super().__init__()
         self.tokenizer = tokenizer
         self.reply_fn = reply_fn
         self.policy_version = 0
@@ -65,6 +66,10 @@ class ScriptedEngine(Engine):
         self._fn_takes_ids = _accepts_two_args(reply_fn)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        async with self.admitted():
+            return await self._reply(prompt_ids, params)
+
+    async def _reply(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
         prompt_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         reply = self.reply_fn(prompt_text, list(prompt_ids)) if self._fn_takes_ids else self.reply_fn(prompt_text)
         if inspect.isawaitable(reply):
@@ -75,7 +80,7 @@ class ScriptedEngine(Engine):
             ids = [int(t) for t in reply]
         if not ids or ids[-1] != self.stop_token_id:
             ids.append(self.stop_token_id)
-        finish_reason = "stop"
+        finish_reason: FinishReason = "stop"
         if len(ids) > params.max_tokens:
             ids = ids[: params.max_tokens]
             finish_reason = "length"

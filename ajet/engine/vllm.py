@@ -41,12 +41,15 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ajet.engine.base import Completion, Engine, EngineClosedError, FinishReason, SamplingParams
+from ajet.engine.base import Completion, EngineClosedError, FinishReason, GatedEngine, Resume, SamplingParams
 from ajet.engine.vllm_weight_sync import SharedWeightBuffer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +93,6 @@ def _import_vllm() -> Any:
     return vllm
 
 
-def vllm_available() -> bool:
-    """Whether `import vllm` would find a vLLM (without importing it: that takes seconds)."""
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
 def cpu_kv_cache_bytes(model_dir: str, tokens: int) -> int:
     """Bytes of KV cache for `tokens` tokens of the model in `model_dir`, clamped to the CPU bounds."""
     from transformers import AutoConfig
@@ -130,20 +126,7 @@ class _Live:
         return arrival_version
 
 
-class _Paused:
-    """Returned by VLLMEngine.pause(): `with engine.pause():` resumes on exit."""
-
-    def __init__(self, engine: VLLMEngine) -> None:
-        self._engine = engine
-
-    def __enter__(self) -> _Paused:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._engine.resume()
-
-
-class VLLMEngine(Engine):
+class VLLMEngine(GatedEngine):
     """vLLM's AsyncLLM behind ajet's Engine interface.
 
     Args:
@@ -187,6 +170,7 @@ class VLLMEngine(Engine):
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        super().__init__()
         self.tokenizer = tokenizer
         self.policy_version = 0
         self.on_cpu = bool(current_platform.is_cpu())
@@ -217,8 +201,7 @@ class VLLMEngine(Engine):
         self._thread = threading.Thread(target=self._loop.run_forever, name="ajet-vllm-engine", daemon=True)
         self._thread.start()
         self._closed = False
-        self._pause_lock = threading.Lock()
-        self._pauses = 0
+        self._pause_lock = threading.Lock()  # pairs vLLM's pause and resume calls with the gate's count
 
         async def _create() -> Any:
             return AsyncLLM.from_engine_args(args)
@@ -264,8 +247,9 @@ class VLLMEngine(Engine):
             )
         if params.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {params.max_tokens}")
-        future = asyncio.run_coroutine_threadsafe(self._generate(prompt_ids, params), self._loop)
-        return await asyncio.wrap_future(future)
+        async with self.admitted():
+            future = asyncio.run_coroutine_threadsafe(self._generate(prompt_ids, params), self._loop)
+            return await asyncio.wrap_future(future)
 
     async def _generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
         from vllm import SamplingParams as VSamplingParams
@@ -314,30 +298,35 @@ class VLLMEngine(Engine):
 
     # ------------------------------------------------------------------ pause / weights
 
-    def pause(self) -> _Paused:
-        """Hold decoding until resume(): in-flight requests are frozen (kept, not aborted), new ones queue.
+    def pause(self) -> Resume:
+        """Close the admission gate and freeze vLLM's scheduler once its current step is done.
 
-        Usable as `with engine.pause(): ...`; pauses nest (each needs its resume). Returns once the
-        engine has finished its current step. Do not call it from the engine's own thread.
+        Unlike GatedEngine.pause, the requests already inside vLLM are not drained: vLLM keeps them
+        frozen (pause mode "keep") and they continue after resume(), so an update lands between two
+        decode steps as the Engine contract says. New requests wait at the gate, so they get the
+        cache salt of the version they will run under. Pauses nest (each needs its resume); do not
+        call it from the engine's own thread.
         """
         with self._pause_lock:
-            if self._pauses == 0:
-                self._call(self._llm.pause_generation(mode="keep", clear_cache=False))
-            self._pauses += 1
-        return _Paused(self)
-
-    def paused(self) -> _Paused:
-        """Same as pause() (the spelling ajet.backbone.debug uses for HFEngine)."""
-        return self.pause()
+            with self._gate:
+                self._pauses += 1
+                first = self._pauses == 1
+            if first:
+                try:
+                    self._call(self._llm.pause_generation(mode="keep", clear_cache=False))
+                except BaseException:
+                    super().resume()
+                    raise
+        return Resume(self)
 
     def resume(self) -> None:
-        """Undo one pause()."""
+        """Undo one pause(): the last one resumes vLLM's scheduler, then opens the gate."""
         with self._pause_lock:
-            if self._pauses == 0:
-                raise RuntimeError("VLLMEngine.resume() without a matching pause()")
-            self._pauses -= 1
-            if self._pauses == 0 and not self._closed:
+            with self._gate:
+                last = self._pauses == 1
+            if last and not self._closed:
                 self._call(self._llm.resume_generation())
+            super().resume()  # raises on a resume without a pause
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Load new weights (HF state_dict names; any subset) between two engine steps; set the version.
@@ -403,7 +392,7 @@ class VLLMEngine(Engine):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
 
-    def __enter__(self) -> VLLMEngine:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

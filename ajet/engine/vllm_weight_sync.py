@@ -20,6 +20,7 @@ only when the worker has copied it into the model), then overwritten by the next
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -134,16 +135,12 @@ class SharedWeightBuffer:
 
     def close(self) -> None:
         self._flat = None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
     def __del__(self) -> None:  # a buffer left open would hold RAM in /dev/shm until reboot
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 __all__ = ["SharedWeightBuffer", "TensorSlot", "map_file", "slot_views"]

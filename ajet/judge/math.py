@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
+from ajet.config.schema import TaskJudgeConfig
 from ajet.judge.base import BaseJudge
 from ajet.schema import WorkflowOutput, WorkflowTask
+from ajet.task_reader.rows import solution_final_answer
 
 logger = logging.getLogger(__name__)
 
@@ -198,17 +200,14 @@ def answers_match(predicted: str | None, reference: str) -> bool | None:
 
 
 def reference_answer(metadata: dict[str, Any]) -> str:
-    """The reference final answer of a task: `reference_answer`, else the `#### N` of `answer`."""
+    """The reference final answer of a task: `reference_answer`, else the final answer of `answer`."""
     ref = metadata.get("reference_answer")
     if ref is not None and str(ref).strip():
         return str(ref).strip()
     solution = metadata.get("answer")
-    if solution is not None:
-        hashes = _HASHES_RE.findall(str(solution))
-        if hashes:
-            return hashes[-1].strip().replace(",", "")
-        if str(solution).strip():
-            return str(solution).strip()
+    final = solution_final_answer(solution) if solution is not None else ""
+    if final:
+        return final
     raise ValueError(
         "math judge: the task has no reference answer; expected metadata['reference_answer'] or a GSM8K "
         f"style metadata['answer'] ending in '#### N' (metadata keys: {sorted(metadata)})"
@@ -239,16 +238,6 @@ def judge_answer(response: str | None, reference: str) -> Verdict:
     )
 
 
-def _cfg_get(config: Any, path: str, default: Any = None) -> Any:
-    """Read `a.b.c` from a config given as nested dicts or attribute objects."""
-    node = config
-    for key in path.split("."):
-        if node is None:
-            return default
-        node = node.get(key) if isinstance(node, dict) else getattr(node, key, None)
-    return default if node is None else node
-
-
 def shaping_penalty(workflow_output: WorkflowOutput, format_penalty: float, behavior_penalty: float) -> float:
     """Total penalty from the episode's recorded behaviour (0 when nothing went wrong).
 
@@ -273,11 +262,9 @@ class MathAnswerAsJudge(BaseJudge):
     (`judge_extracted`, `judge_method`, `judge_decided_by`) so the logview shows why.
     """
 
-    def _penalties(self) -> tuple[float, float]:
-        return (
-            float(_cfg_get(self.config, "task_judge.format_penalty", 0.0)),
-            float(_cfg_get(self.config, "task_judge.behavior_penalty", 0.0)),
-        )
+    @property
+    def settings(self) -> TaskJudgeConfig:
+        return self.config.task_judge
 
     def rule_verdict(self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput) -> Verdict:
         reference = reference_answer(workflow_task.task.metadata)
@@ -288,7 +275,9 @@ class MathAnswerAsJudge(BaseJudge):
         workflow_output.metadata.update(
             judge_extracted=verdict.extracted, judge_method=verdict.method, judge_decided_by=verdict.decided_by
         )
-        reward = (1.0 if verdict.correct else 0.0) - shaping_penalty(workflow_output, *self._penalties())
+        settings = self.settings
+        penalty = shaping_penalty(workflow_output, settings.format_penalty, settings.behavior_penalty)
+        reward = (1.0 if verdict.correct else 0.0) - penalty
         return reward, verdict.correct
 
     def compute_reward(self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput) -> tuple[float, bool]:
@@ -315,11 +304,11 @@ class MathAnswerAndLlmAsJudge(MathAnswerAsJudge):
     With `llm_judge.enabled: false` (the default) this is exactly `MathAnswerAsJudge`.
     """
 
-    async def compute_reward(  # type: ignore[override]  # async is allowed by BaseJudge
+    async def compute_reward(  # type: ignore[override]  # BaseJudge allows an async compute_reward
         self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput
     ) -> tuple[float, bool]:
         verdict = self.rule_verdict(workflow_task, workflow_output)
-        if verdict.decided_by == "rules_undecided" and _cfg_get(self.config, "task_judge.llm_judge.enabled", False):
+        if verdict.decided_by == "rules_undecided" and self.settings.llm_judge.enabled:
             llm_correct = await self.ask_llm(workflow_task, workflow_output, verdict.reference)
             if llm_correct is not None:
                 verdict = Verdict(llm_correct, "llm", verdict.extracted, verdict.method, verdict.reference)
@@ -327,13 +316,11 @@ class MathAnswerAndLlmAsJudge(MathAnswerAsJudge):
 
     async def ask_llm(self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput, reference: str) -> bool | None:
         """The LLM's verdict, or None when it is unavailable or says something else."""
-        base_url = _cfg_get(self.config, "task_judge.llm_judge.base_url")
-        model = _cfg_get(self.config, "task_judge.llm_judge.model")
+        llm = self.settings.llm_judge
+        base_url, model = llm.base_url, llm.model
         if not base_url or not model:
             logger.warning("llm_judge is enabled but base_url/model are not set; keeping the rule verdict")
             return None
-        api_key_env = _cfg_get(self.config, "task_judge.llm_judge.api_key_env", "OPENAI_API_KEY")
-        timeout = float(_cfg_get(self.config, "task_judge.llm_judge.timeout", 30))
         prompt = LLM_JUDGE_PROMPT.format(
             question=workflow_task.task.main_query,
             reference=reference,
@@ -343,14 +330,14 @@ class MathAnswerAndLlmAsJudge(MathAnswerAsJudge):
             import openai
 
             client = openai.AsyncOpenAI(
-                base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout, max_retries=0
+                base_url=base_url, api_key=os.environ.get(llm.api_key_env) or "EMPTY", timeout=llm.timeout, max_retries=0
             )
             async with client:
                 completion = await client.chat.completions.create(
                     model=model, messages=[{"role": "user", "content": prompt}], temperature=0.0, max_tokens=8
                 )
             text = (completion.choices[0].message.content or "").strip().upper()
-        except Exception as exc:  # network, auth, timeout: the rule verdict stands
+        except Exception as exc:  # noqa: BLE001 - network, auth, timeout: the rule verdict stands
             logger.warning("llm_judge call failed (%s); keeping the rule verdict", exc)
             return None
         if text.startswith("INCORRECT"):

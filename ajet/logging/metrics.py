@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ajet.config import AjetConfig
+
 logger = logging.getLogger(__name__)
 
 JSONL_FILENAME = "metrics.jsonl"
@@ -62,7 +64,7 @@ class JsonlBackend:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run's lifetime
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        record = {"step": step, "time": time.time()}
+        record: dict[str, Any] = {"step": step, "time": time.time()}
         for key, value in metrics.items():
             value = _scalar(value)
             record[key] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
@@ -139,13 +141,6 @@ class SwanlabBackend:
         self.run.finish()
 
 
-def _configured_swanlab_mode(config_dict: Mapping[str, Any] | None) -> str:
-    config = dict(config_dict or {})
-    config = config.get("ajet", config)
-    trainer_common = config.get("trainer_common") or {}
-    return str(trainer_common.get("swanlab_mode") or "auto") if isinstance(trainer_common, Mapping) else "auto"
-
-
 def resolve_swanlab_mode(configured: str = "auto") -> str:
     """`trainer_common.swanlab_mode` as SwanLab takes it: `auto` is online with credentials, else offline."""
     return _swanlab_mode() if configured == "auto" else configured
@@ -170,8 +165,9 @@ class MetricsLogger:
         backends: names from `trainer_common.logger`: `jsonl`, `console`, `swanlab`.
         project / experiment: SwanLab project and run names.
         config_dict: the effective config, stored with the SwanLab run.
-        swanlab_mode: `auto` | online | offline | local | disabled (see SwanlabBackend); None reads
-            `trainer_common.swanlab_mode` from `config_dict`, defaulting to auto.
+        swanlab_mode: `auto` | online | offline | local | disabled (see SwanlabBackend).
+
+    A run builds it with `MetricsLogger.from_config(run_dir, cfg)`.
     """
 
     def __init__(
@@ -182,10 +178,8 @@ class MetricsLogger:
         experiment: str = "experiment",
         config_dict: Mapping[str, Any] | None = None,
         *,
-        swanlab_mode: str | None = None,
+        swanlab_mode: str = "auto",
     ) -> None:
-        if swanlab_mode is None:
-            swanlab_mode = _configured_swanlab_mode(config_dict)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.backends: list[Backend] = []
@@ -201,6 +195,14 @@ class MetricsLogger:
                     logger.warning("unknown metrics logger %r ignored (known: jsonl, console, swanlab)", name)
             except Exception as exc:  # noqa: BLE001 - a sink that cannot start must not stop training
                 logger.warning("metrics logger %r failed to start and is disabled: %s", name, exc)
+
+    @classmethod
+    def from_config(cls, run_dir: str | Path, cfg: AjetConfig) -> MetricsLogger:
+        """The loggers `trainer_common.logger` names, SwanLab in `trainer_common.swanlab_mode`."""
+        tc = cfg.trainer_common
+        return cls(
+            run_dir, list(tc.logger), cfg.project_name, cfg.experiment_name, cfg.to_dict(), swanlab_mode=tc.swanlab_mode
+        )
 
     @property
     def active(self) -> list[str]:

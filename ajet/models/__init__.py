@@ -16,7 +16,7 @@ chat template ignores `tools`. `scripts/prepare_models.py` fills the cache ahead
 from ajet.models.builtin import list_builtins
 from ajet.models.chat_template import ensure_tool_template
 from ajet.models.errors import ModelResolutionError
-from ajet.models.resolve import load_model, load_tokenizer, resolve_model_path
+from ajet.models.resolve import load_model, load_tokenizer, pick_device, resolve_dtype, resolve_model_path
 
 __all__ = [
     "ModelResolutionError",
@@ -24,5 +24,7 @@ __all__ = [
     "list_builtins",
     "load_model",
     "load_tokenizer",
+    "pick_device",
+    "resolve_dtype",
     "resolve_model_path",
 ]

@@ -13,9 +13,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ajet.models.qwen_tokenizer import ENDOFTEXT_ID, IM_END_ID, QWEN25_VOCAB_SIZE
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +152,7 @@ def build_random_qwen2(name: str, target: Path, models_root: Path) -> None:
     logger.info("built builtin:%s (%.1fM parameters, seed %d)", name, model.num_parameters() / 1e6, spec.seed)
 
 
-def init_random_model(config: Any, seed: int, dtype: Any, device: str = "cpu"):
+def init_random_model(config: PretrainedConfig, seed: int, dtype: torch.dtype, device: str = "cpu") -> PreTrainedModel:
     """A Qwen2ForCausalLM with weights drawn from `seed` (same seed -> same weights on CPU).
 
     Built directly on `device` in `dtype`, so a 7B shape on a GPU never passes through CPU memory.

@@ -124,12 +124,25 @@ def load_tokenizer(path: str | os.PathLike[str]):
     return AutoTokenizer.from_pretrained(str(resolve_model_path(path)))
 
 
-def resolve_dtype(dtype: Any, device: str):
-    """`dtype` as a torch.dtype; None/"auto" means bf16 on GPU and fp32 on CPU (config `model.dtype`)."""
+def pick_device() -> str:
+    """Where a run trains and generates: the GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: Any, device: str, *, for_training: bool = False):
+    """`model.dtype` as a torch.dtype. None/"auto": the weights a trainer updates stay fp32 (AdamW
+    steps of ~1e-6 round away in bf16; the trainer autocasts its forward to bf16 on a GPU); a copy
+    that only generates is bf16 on a GPU that supports it, else fp32."""
     import torch
 
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        if for_training or not str(device).startswith("cuda"):
+            return torch.float32
+        # Only a GPU that is present can say it lacks bf16 (pre-Ampere); assume one that does.
+        supported = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if supported else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     value = getattr(torch, str(dtype), None)
@@ -138,8 +151,8 @@ def resolve_dtype(dtype: Any, device: str):
     return value
 
 
-def load_model(path: str | os.PathLike[str], dtype: Any = None, device: str = "cpu"):
-    """A causal LM from `path` in eval mode on `device`.
+def load_model(path: str | os.PathLike[str], dtype: Any = None, device: str = "cpu", *, for_training: bool = False):
+    """A causal LM from `path` in eval mode on `device`, in `resolve_dtype(dtype, device, for_training=...)`.
 
     Builtins with lazily created weights (the 1.5B/3B/7B random shapes) are initialised here from
     their stored seed, directly on `device`.
@@ -149,7 +162,7 @@ def load_model(path: str | os.PathLike[str], dtype: Any = None, device: str = "c
     from transformers import AutoConfig, AutoModelForCausalLM
 
     directory = resolve_model_path(path)
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device, for_training=for_training)
     lazy = directory / LAZY_WEIGHTS_FILE
     if lazy.exists():
         seed = json.loads(lazy.read_text())["seed"]

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible proxy between agents and the inference engine (see ajet.proxy.server)."""
+"""The proxy between agents and the inference engine: OpenAI Chat Completions, OpenAI Responses and
+Anthropic Messages endpoints over one tracked pipeline (see ajet.proxy.server, ajet.proxy.protocol)."""
 
 from ajet.proxy.server import EpisodeHandle, ProxyServer
 from ajet.proxy.tool_parser import ParsedReply, parse_tool_calls

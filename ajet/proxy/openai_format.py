@@ -2,6 +2,8 @@
 
 Only the shapes; no engine, tracker or HTTP server here. Field names follow the OpenAI API so that
 the official SDK, LangChain and AgentScope parse the replies without special cases.
+`ChatCompletionRequest` is also the proxy's internal request: the other protocols
+(ajet.proxy.protocol) translate into it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from ajet.proxy.protocol import CompletionResult, ProtocolError, ProtocolState, WireProtocol, WireRequest
 
 
 class ChatCompletionRequest(BaseModel):
@@ -64,6 +68,11 @@ def completion_id() -> str:
 
 def error_body(message: str, *, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def openai_error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object for an HTTP status (the SDK picks its exception class by the status)."""
+    return error_body(message, type_="server_error" if status >= 500 else "invalid_request_error", code=code, param=param)
 
 
 def _logprobs_field(token_logprobs: list[tuple[str, float]] | None, top_n: int) -> dict[str, Any] | None:
@@ -154,3 +163,30 @@ def stream_events(
         }
         yield f"data: {json.dumps(body)}\n\n"
     yield "data: [DONE]\n\n"
+
+
+class ChatCompletionsProtocol(WireProtocol):
+    """`POST /v1/chat/completions`: the request is already ajet's internal form."""
+
+    name = "chat.completions"
+
+    def parse(self, body: Any, state: ProtocolState) -> WireRequest:
+        req = ChatCompletionRequest.model_validate(body)
+        if not req.messages:
+            raise ProtocolError("messages must not be empty", param="messages")
+        return WireRequest(chat=req, stream=bool(req.stream))
+
+    def reply(self, request: WireRequest, result: CompletionResult, state: ProtocolState) -> dict[str, Any] | Iterator[str]:
+        req = request.chat
+        cid = completion_id()
+        top_n = req.top_logprobs or 0
+        counts = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
+        if request.stream:
+            return stream_events(cid, result.model, result.choices, **counts, top_logprobs=top_n, include_usage=req.include_usage)
+        return completion_body(cid, result.model, result.choices, **counts, top_logprobs=top_n)
+
+    def error_body(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+        return openai_error_body(status, message, param=param, code=code)
+
+
+CHAT_COMPLETIONS = ChatCompletionsProtocol()

@@ -1,10 +1,14 @@
-"""The OpenAI-compatible server every agent talks to: one per process, many episodes at once.
+"""The model server every agent talks to: one per process, many episodes at once.
 
     proxy = ProxyServer(engine, tokenizer)
     base_url = proxy.start()                       # "http://127.0.0.1:PORT/v1"
     handle = proxy.open_episode("ep-1", sampling, limits)
     ...  # the agent calls POST {base_url}/chat/completions with `Authorization: Bearer {handle.api_key}`
     tracker = proxy.close_episode(handle.api_key)  # later calls with that key get 401
+
+Three wire protocols, one pipeline (`_serve`, see ajet.proxy.protocol): OpenAI Chat Completions
+(`/v1/chat/completions`), OpenAI Responses (`/v1/responses`) and Anthropic Messages
+(`/v1/messages`, key in `x-api-key`). An episode may mix them; every call lands in its tracker.
 
 The api key is the episode: a random secret per episode, so concurrent episodes never share
 context and a stale agent cannot write into a closed episode. Each request is rendered (and spliced
@@ -25,7 +29,7 @@ Policies (tested in tests/test_proxy.py):
   also turns off tool-call parsing) leaves the tools out of the prompt; "auto", "required" and a named function
   are accepted, and the model decides (nothing forces a call).
 - `n > 1`: n independent engine requests; each choice is recorded as its own call (its own branch).
-- Missing or unknown api key: 401 with an OpenAI-style error body.
+- Missing or unknown api key: 401 with an error body in the request's protocol.
 """
 
 from __future__ import annotations
@@ -36,28 +40,26 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from ajet.config.schema import RolloutConfig
 from ajet.engine.base import Completion, Engine, SamplingParams
-from ajet.proxy.openai_format import (
-    ChatCompletionRequest,
-    ChoiceResult,
-    completion_body,
-    completion_id,
-    error_body,
-    stream_events,
-)
+from ajet.proxy.anthropic_format import ANTHROPIC_MESSAGES
+from ajet.proxy.openai_format import CHAT_COMPLETIONS, ChatCompletionRequest, ChoiceResult
+from ajet.proxy.protocol import CompletionResult, ProtocolError, ProtocolState, WireProtocol
+from ajet.proxy.responses_format import RESPONSES
 from ajet.proxy.tool_parser import ParsedReply, parse_tool_calls
 from ajet.tracker.call import LLMCall
 from ajet.tracker.episode import EpisodeTracker
 from ajet.tracker.limits import EpisodeLimits
-from ajet.tracker.render import end_of_turn_id, normalize_messages
+from ajet.tracker.render import ChatRenderer, end_of_turn_id, normalize_messages
+from ajet.tracker.splice import PromptPlan
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class EpisodeHandle:
     tracker: EpisodeTracker
     sampling: SamplingParams
     limits: EpisodeLimits
+    # What a protocol keeps between calls of this episode (stored Responses for previous_response_id).
+    protocol_state: ProtocolState = field(default_factory=dict)
 
 
 class ProxyServer:
@@ -108,14 +112,13 @@ class ProxyServer:
         self.app = self._build_app()
 
     @classmethod
-    def from_config(cls, engine: Engine, tokenizer: Any, config: Any, **kwargs: Any) -> ProxyServer:
+    def from_config(cls, engine: Engine, tokenizer: Any, rollout: RolloutConfig, **kwargs: Any) -> ProxyServer:
         """A proxy with the `ajet.rollout` policies: allow_request_sampling_override, force_disable_toolcalls."""
-        rollout = config.rollout
         return cls(
             engine,
             tokenizer,
-            allow_request_sampling_override=bool(getattr(rollout, "allow_request_sampling_override", False)),
-            disable_tool_calls=bool(getattr(rollout, "force_disable_toolcalls", False)),
+            allow_request_sampling_override=rollout.allow_request_sampling_override,
+            disable_tool_calls=rollout.force_disable_toolcalls,
             **kwargs,
         )
 
@@ -191,52 +194,84 @@ class ProxyServer:
             return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0, "owned_by": "ajet"}]}
 
         @app.post("/v1/chat/completions")
-        async def chat_completions(request: Request):
-            handle = self._authenticate(request)
-            if handle is None:
-                return JSONResponse(
-                    error_body("Invalid or missing API key: it must be an open ajet episode's key.", code="invalid_api_key"),
-                    status_code=401,
-                )
-            try:
-                body = await request.json()
-                req = ChatCompletionRequest.model_validate(body)
-            except (ValueError, ValidationError) as exc:
-                return JSONResponse(error_body(f"Invalid request: {exc}"), status_code=400)
-            if not req.messages:
-                return JSONResponse(error_body("messages must not be empty", param="messages"), status_code=400)
-            try:
-                choices, prompt_len = await self._complete(handle, req)
-            except Exception as exc:  # the agent gets an OpenAI-style 500 instead of a dropped socket
-                logger.exception("episode %s: generation failed", handle.episode_id)
-                return JSONResponse(error_body(f"generation failed: {exc}", type_="server_error"), status_code=500)
+        async def chat_completions(request: Request) -> Response:
+            return await self._serve(request, CHAT_COMPLETIONS)
 
-            cid = completion_id()
-            completion_tokens = sum(c.extra.get("num_tokens", 0) for c in choices)
-            top_n = req.top_logprobs or 0
-            if req.stream:
-                events = stream_events(
-                    cid,
-                    self.model_name,
-                    choices,
-                    prompt_tokens=prompt_len,
-                    completion_tokens=completion_tokens,
-                    top_logprobs=top_n,
-                    include_usage=req.include_usage,
-                )
-                return StreamingResponse(events, media_type="text/event-stream")
-            return completion_body(
-                cid, self.model_name, choices, prompt_tokens=prompt_len, completion_tokens=completion_tokens, top_logprobs=top_n
-            )
+        @app.post("/v1/responses")
+        async def responses(request: Request) -> Response:
+            return await self._serve(request, RESPONSES)
+
+        # The anthropic client appends /v1/messages to its base URL: the tuner hands it the URL
+        # without /v1, and one given the OpenAI-style URL (ending in /v1) still lands here.
+        async def messages(request: Request) -> Response:
+            return await self._serve(request, ANTHROPIC_MESSAGES)
+
+        async def count_tokens(request: Request) -> Response:
+            return await self._count_tokens(request)
+
+        for prefix in ("/v1", "/v1/v1"):
+            app.add_api_route(prefix + "/messages", messages, methods=["POST"])
+            app.add_api_route(prefix + "/messages/count_tokens", count_tokens, methods=["POST"])
 
         return app
 
+    async def _serve(self, request: Request, protocol: WireProtocol) -> Response:
+        """The one pipeline behind every endpoint: authenticate the episode, translate the request
+        (ajet.proxy.protocol), complete it (`_complete`: render + splice, engine, record), reply in
+        the request's protocol. Every error goes out in that protocol's shape."""
+
+        def error(status: int, message: str, **kw: Any) -> JSONResponse:
+            return JSONResponse(protocol.error_body(status, message, **kw), status_code=status)
+
+        handle = self._authenticate(request)
+        if handle is None:
+            return error(401, "Invalid or missing API key: it must be an open ajet episode's key.", code="invalid_api_key")
+        try:
+            wire = protocol.parse(await request.json(), handle.protocol_state)
+        except ProtocolError as exc:
+            return error(exc.status, exc.message, param=exc.param, code=exc.code)
+        except (ValueError, ValidationError) as exc:
+            return error(400, f"Invalid request: {exc}")
+        try:
+            choices, prompt_len = await self._complete(handle, wire.chat)
+        except Exception as exc:  # the agent gets a 500 in its SDK's shape instead of a dropped socket
+            logger.exception("episode %s: generation failed", handle.episode_id)
+            return error(500, f"generation failed: {exc}")
+        completion_tokens = sum(c.extra.get("num_tokens", 0) for c in choices)
+        result = CompletionResult(choices, prompt_len, completion_tokens, self.model_name)
+        body = protocol.reply(wire, result, handle.protocol_state)
+        if isinstance(body, dict):
+            return JSONResponse(body)
+        return StreamingResponse(body, media_type="text/event-stream")
+
+    async def _count_tokens(self, request: Request) -> Response:
+        """Anthropic's `POST /v1/messages/count_tokens`: the length of the request's template render
+        (what a first call would send; a spliced continuation can differ by a few tokens)."""
+        protocol = ANTHROPIC_MESSAGES
+
+        def error(status: int, message: str) -> JSONResponse:
+            return JSONResponse(protocol.error_body(status, message), status_code=status)
+
+        if self._authenticate(request) is None:
+            return error(401, "Invalid or missing API key: it must be an open ajet episode's key.")
+        try:
+            messages, tools = protocol.parse_count_tokens(await request.json())
+        except ProtocolError as exc:
+            return error(exc.status, exc.message)
+        except (ValueError, ValidationError) as exc:
+            return error(400, f"Invalid request: {exc}")
+        ids = await asyncio.to_thread(self._render_ids, normalize_messages(messages), None if self.disable_tool_calls else tools)
+        return JSONResponse({"input_tokens": len(ids)})
+
     def _authenticate(self, request: Request) -> EpisodeHandle | None:
+        """The episode whose key the request carries: `Authorization: Bearer <key>` (OpenAI clients,
+        which take precedence) or `x-api-key: <key>` (Anthropic clients)."""
         auth = request.headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            return None
-        return self.episode(key.strip())
+        if scheme.lower() == "bearer" and key.strip():
+            return self.episode(key.strip())
+        key = request.headers.get("x-api-key", "").strip()
+        return self.episode(key) if key else None
 
     # -- one request ----------------------------------------------------------------------------
 
@@ -268,9 +303,15 @@ class ProxyServer:
             choices.append(choice)
         return choices, prompt_len
 
-    def _prepare_prompt(self, tracker: EpisodeTracker, messages: list[dict[str, Any]], tools: list[dict] | None):
+    def _prepare_prompt(
+        self, tracker: EpisodeTracker, messages: list[dict[str, Any]], tools: list[dict] | None
+    ) -> PromptPlan:
         with self._render_lock:
             return tracker.prepare_prompt(messages, tools)
+
+    def _render_ids(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> list[int]:
+        with self._render_lock:
+            return ChatRenderer(self.tokenizer).render_ids(messages, tools, add_generation_prompt=True)
 
     def _sampling_for(self, handle: EpisodeHandle, req: ChatCompletionRequest, prompt_len: int) -> SamplingParams:
         base, limits = handle.sampling, handle.limits
@@ -312,6 +353,7 @@ class ProxyServer:
         text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
         parsed = ParsedReply(content=text) if self.disable_tool_calls else parse_tool_calls(text)
         message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+        finish_reason: str
         if parsed.tool_calls:
             message["tool_calls"] = parsed.tool_calls
             finish_reason = "tool_calls" if completion.finish_reason == "stop" else completion.finish_reason

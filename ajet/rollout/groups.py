@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ajet.rollout.task_stream import TaskStream
 from ajet.schema import EpisodeResult, Task

@@ -12,13 +12,25 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
+from ajet.config import AjetConfig
 from ajet.schema import WorkflowOutput, WorkflowTask
+
+if TYPE_CHECKING:
+    from ajet.tuner import AjetTuner
+
+
+class RemoteExecutor(Protocol):
+    """Runs one episode's workflow somewhere other than the episode's thread (see RolloutRunner)."""
+
+    async def execute(
+        self, config: AjetConfig, workflow_task: WorkflowTask, tuner: AjetTuner, timeout: float
+    ) -> WorkflowOutput: ...
 
 
 def _execute_in_worker(
-    workflow_spec: str, config: Any, workflow_task: WorkflowTask, base_url: str, api_key: str, episode_id: str,
+    workflow_spec: str, config: AjetConfig, workflow_task: WorkflowTask, base_url: str, api_key: str, episode_id: str,
     cwd: str, timeout: float,
 ) -> WorkflowOutput:
     if cwd not in sys.path:
@@ -51,7 +63,7 @@ class RayWorkflowExecutor:
         self._remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_execute_in_worker)
         self._cwd = os.getcwd()
 
-    async def execute(self, config: Any, workflow_task: WorkflowTask, tuner: Any, timeout: float) -> WorkflowOutput:
+    async def execute(self, config: AjetConfig, workflow_task: WorkflowTask, tuner: AjetTuner, timeout: float) -> WorkflowOutput:
         import ray
 
         ref = self._remote.remote(

@@ -19,43 +19,53 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from ajet.config import AjetConfig
 from ajet.engine.base import SamplingParams
 from ajet.schema import EpisodeResult, Sample, Task, WorkflowOutput, WorkflowTask
+
+if TYPE_CHECKING:
+    from ajet.judge.base import BaseJudge
+    from ajet.proxy import ProxyServer
+    from ajet.rollout.ray_executor import RemoteExecutor
+    from ajet.workflow import Workflow
 
 logger = logging.getLogger(__name__)
 
 
+# Extra seconds before giving up on an episode stuck in synchronous code past its timeout.
+BLOCKED_GRACE_S = 30.0
+
+
 @dataclass(frozen=True)
 class RolloutSettings:
-    """The slice of the config the runner needs, so tests and other backbones can build one directly."""
+    """The slice of the config one runner needs, flattened; built only by `from_config`, so its
+    values are always the config's (another backbone may `dataclasses.replace` the sampling fields)."""
 
-    max_concurrency: int = 8
-    episode_timeout: float = 600.0
-    # Extra seconds before giving up on an episode stuck in synchronous code past its timeout.
-    blocked_grace: float = 30.0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_tokens_per_turn: int = 512
-    max_turns: int = 8
-    max_prompt_tokens: int = 4096
-    max_response_tokens: int = 4096
-    max_total_tokens: int = 8192
-    val_temperature: float = 0.0
-    val_top_p: float = 1.0
-    val_top_k: int = -1
+    max_concurrency: int
+    episode_timeout: float
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens_per_turn: int
+    max_turns: int
+    max_prompt_tokens: int
+    max_response_tokens: int
+    max_total_tokens: int
+    val_temperature: float
+    val_top_p: float
+    val_top_k: int
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "RolloutSettings":
+    def from_config(cls, cfg: AjetConfig) -> RolloutSettings:
         r, d = cfg.rollout, cfg.data
         vk = r.val_kwargs
-        val_temperature = vk.temperature if getattr(vk, "do_sample", True) else 0.0
         return cls(
             max_concurrency=r.max_env_worker,
-            episode_timeout=float(r.episode_timeout),
+            episode_timeout=r.episode_timeout,
             temperature=r.temperature,
             top_p=r.top_p,
             top_k=r.top_k,
@@ -64,7 +74,7 @@ class RolloutSettings:
             max_prompt_tokens=d.max_prompt_length,
             max_response_tokens=d.max_response_length,
             max_total_tokens=r.max_model_len,
-            val_temperature=val_temperature,
+            val_temperature=vk.temperature if vk.do_sample else 0.0,
             val_top_p=vk.top_p,
             val_top_k=vk.top_k,
         )
@@ -85,25 +95,31 @@ class RolloutSettings:
 class RolloutRunner:
     """Runs workflow episodes through the proxy and scores them with the judge.
 
-    workflow_cls: a `Workflow` subclass, instantiated once per episode as `workflow_cls(config=cfg)`.
+    workflow_cls: a `Workflow` subclass, instantiated once per episode as `workflow_cls(config=config)`.
     judge: an object with `compute_reward(workflow_task, workflow_output)` (sync or async), or None when
         every workflow returns its own reward.
     proxy: a started `ajet.proxy.ProxyServer`.
+    config: the run's config; `settings` (default: `RolloutSettings.from_config(config)`) is what the
+        runner reads of it.
     """
 
     def __init__(
         self,
-        workflow_cls: type,
-        judge: Any,
-        proxy: Any,
-        config: Any = None,
+        workflow_cls: type[Workflow],
+        judge: BaseJudge | None,
+        proxy: ProxyServer,
+        config: AjetConfig,
         *,
         settings: RolloutSettings | None = None,
-        remote: Any = None,
+        remote: RemoteExecutor | None = None,
+        blocked_grace: float = BLOCKED_GRACE_S,
     ) -> None:
         """`remote`: an executor with `async execute(config, workflow_task, tuner, timeout)` that runs
-        the workflow elsewhere (e.g. `RayWorkflowExecutor`); None runs it on the episode's thread."""
+        the workflow elsewhere (e.g. `RayWorkflowExecutor`); None runs it on the episode's thread.
+        `blocked_grace`: seconds past `episode_timeout` before an episode stuck in synchronous code
+        is abandoned."""
         self.remote = remote
+        self.blocked_grace = blocked_grace
         self.workflow_cls = workflow_cls
         self.judge = judge
         self.proxy = proxy
@@ -139,16 +155,17 @@ class RolloutRunner:
         started: asyncio.Future[None] = loop.create_future()
 
         def mark_started() -> None:
-            loop.call_soon_threadsafe(lambda: started.done() or started.set_result(None))
+            loop.call_soon_threadsafe(_resolve, started)
 
         future = loop.run_in_executor(
             self._pool, self._run_episode_in_thread, task, repeat_index, episode_id, validation, mark_started
         )
         # Waiting for a free worker thread is not part of the episode's time.
-        await asyncio.wait([started, future], return_when=asyncio.FIRST_COMPLETED)
+        first: list[asyncio.Future[Any]] = [started, future]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         # The thread enforces the timeout itself; this outer bound only catches workflows that block
         # in synchronous code where cancellation cannot reach them. Such a thread is abandoned.
-        grace = self.settings.episode_timeout + self.settings.blocked_grace
+        grace = self.settings.episode_timeout + self.blocked_grace
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=grace)
         except asyncio.TimeoutError:
@@ -175,8 +192,8 @@ class RolloutRunner:
         return loop.run_until_complete(self._episode(task, repeat_index, episode_id, validation))
 
     async def _episode(self, task: Task, repeat_index: int, episode_id: str, validation: bool) -> EpisodeResult:
+        from ajet.env_service import bind_env
         from ajet.proxy import EpisodeLimits
-        from ajet.task_reader import bind_env
         from ajet.tuner import AjetTuner
 
         s = self.settings
@@ -266,8 +283,9 @@ class RolloutRunner:
             reward = output.reward
             if output.is_success is not None:
                 return reward, output.is_success
-            last = reward[-1] if isinstance(reward, list) and reward else reward
-            return reward, bool(last and float(last) > 0)
+            if isinstance(reward, list):
+                return reward, bool(reward) and float(reward[-1]) > 0
+            return reward, float(reward) > 0
         if self.judge is None:
             raise RuntimeError("the workflow returned reward=None but no task_judge.judge_protocol is configured")
         result = self.judge.compute_reward(workflow_task, output)
@@ -308,6 +326,11 @@ class RolloutRunner:
             num_turns=int(stats.get("turns", 0)),
             metrics={**stats, **(timings or {}), "failed": 1.0},
         )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _per_sample_rewards(reward: float | list[float], n_samples: int) -> list[float]:

@@ -8,7 +8,7 @@ position p sees exactly the tasks the killed run would have seen next.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from ajet.schema import Task
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import abc
 import random
-from typing import Any
 
+from ajet.config import AjetConfig
 from ajet.schema import Task
 from ajet.task_reader.rows import FieldMap
 
@@ -19,7 +19,7 @@ class TaskReader(abc.ABC):
     reader and a fresh copy is returned on every call.
     """
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: AjetConfig) -> None:
         self.cfg = cfg
         self.fields = FieldMap.from_config(cfg.task_reader)
         self._cache: dict[str, list[Task]] = {}

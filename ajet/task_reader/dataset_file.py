@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ajet.config.schema import FileSplitConfig
 from ajet.schema import Task
 from ajet.task_reader.base import TaskReader
 from ajet.task_reader.errors import TaskReaderError
@@ -42,13 +43,13 @@ class DatasetFileReader(TaskReader):
     """Training tasks from `dataset_file.training.file_path`, validation from `validation.file_path` (optional)."""
 
     def _read_train(self) -> list[Task]:
-        return self._read("training", "train")
+        return self._read(self.cfg.task_reader.dataset_file.training, "training", "train")
 
     def _read_val(self) -> list[Task]:
-        return self._read("validation", "validation")
+        return self._read(self.cfg.task_reader.dataset_file.validation, "validation", "validation")
 
-    def _read(self, which: str, split: str) -> list[Task]:
-        file_path = getattr(self.cfg.task_reader.dataset_file, which).file_path
+    def _read(self, section: FileSplitConfig, which: str, split: str) -> list[Task]:
+        file_path = section.file_path
         if not file_path:
             return []
         key = f"ajet.task_reader.dataset_file.{which}.file_path"

@@ -33,6 +33,7 @@ class HuggingFaceRepoReader(TaskReader):
 
     def _read(self, split: str) -> list[Task]:
         repo = self.cfg.task_reader.huggingface_dat_repo
+        assert repo.dataset_path is not None  # the config requires it for this reader
         rows, source = load_split(repo.dataset_path, repo.dataset_name, split)
         if len(rows) == 0:
             raise TaskReaderError(f"{KEY}: split {split!r} of {source} has no rows", key=f"{KEY}.dataset_path")

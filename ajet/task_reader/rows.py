@@ -4,9 +4,11 @@ missing column means."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
+from ajet.config.schema import TaskReaderConfig
 from ajet.schema import Task
 from ajet.task_reader.errors import TaskReaderError
 
@@ -19,13 +21,13 @@ GSM8K_ANSWER_MARK = "####"
 class FieldMap:
     """Column names from `ajet.task_reader`; `answer_field`/`id_field` None means "not used"."""
 
-    query_field: str = "question"
-    answer_field: str | None = "answer"
-    id_field: str | None = None
-    on_missing_field: str = "error"  # error | skip
+    query_field: str
+    answer_field: str | None
+    id_field: str | None
+    on_missing_field: str  # error | skip
 
     @classmethod
-    def from_config(cls, reader_cfg: Any) -> "FieldMap":
+    def from_config(cls, reader_cfg: TaskReaderConfig) -> FieldMap:
         return cls(
             query_field=reader_cfg.query_field,
             answer_field=reader_cfg.answer_field,
@@ -79,11 +81,11 @@ def rows_to_tasks(rows: Iterable[Mapping[str, Any]], *, split: str, source: str,
 def row_to_task(row: Mapping[str, Any], *, index: int, split: str, fields: FieldMap) -> Task:
     metadata = dict(row)
     if fields.answer_field is not None and "reference_answer" not in metadata:
-        metadata["reference_answer"] = reference_answer(row[fields.answer_field])
+        metadata["reference_answer"] = solution_final_answer(row[fields.answer_field])
     messages = row.get("messages")
     query = row.get(fields.query_field)
     if query is None:  # only possible when the row carries `messages` (see _missing_column)
-        query = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+        query = next((m.get("content", "") for m in messages or [] if m.get("role") == "user"), "")
     task_id = str(row[fields.id_field]) if fields.id_field is not None else f"{split}-{index}"
     return Task(
         main_query=str(query),
@@ -93,16 +95,20 @@ def row_to_task(row: Mapping[str, Any], *, index: int, split: str, fields: Field
     )
 
 
-def reference_answer(answer: Any) -> str:
-    """The bare final answer: for GSM8K-style solutions the text after the last `####`, commas removed.
+def solution_final_answer(solution: Any) -> str:
+    """The bare final answer of a solution: for GSM8K style, the line after the last `####`, commas removed.
 
-    >>> reference_answer("She makes 9 * 2 = $18.\\n#### 1,018")
+    >>> solution_final_answer("She makes 9 * 2 = $18.\\n#### 1,018")
     '1018'
+
+    A solution without the mark is its own answer, stripped. The one parser of solution texts: the
+    readers use it to fill `metadata["reference_answer"]`, the math judge for tasks that lack it.
     """
-    text = str(answer)
-    if GSM8K_ANSWER_MARK in text:
-        return text.rsplit(GSM8K_ANSWER_MARK, 1)[1].strip().replace(",", "")
-    return text.strip()
+    text = str(solution)
+    if GSM8K_ANSWER_MARK not in text:
+        return text.strip()
+    lines = text.rsplit(GSM8K_ANSWER_MARK, 1)[1].strip().splitlines()
+    return lines[0].strip().replace(",", "") if lines else ""
 
 
 def _missing_column(row: Mapping[str, Any], fields: FieldMap) -> str | None:

@@ -73,7 +73,9 @@ def _assemble(program):
             instructions.append(item)
     out = b""
     for index, (code, k, jt, jf) in enumerate(instructions):
-        rel = lambda label: 0 if label is None else labels[label] - index - 1  # noqa: E731
+        def rel(label: str | None, here: int = index) -> int:
+            return 0 if label is None else labels[label] - here - 1
+
         out += struct.pack("=HBBI", code, rel(jt), rel(jf), k)
     return out, len(instructions)
 
@@ -217,7 +219,7 @@ def _lock_down(cfg):
 def _run_worker(cfg):
     try:
         _lock_down(cfg)
-    except Exception as exc:  # fail closed: never run the snippet with a protection missing
+    except Exception as exc:  # noqa: BLE001 - fail closed: never run the snippet with a protection missing
         print(f"sandbox setup failed: {exc!r}", file=sys.stderr)
         os._exit(125)
     with open(cfg["main"], encoding="utf-8") as f:
@@ -227,7 +229,7 @@ def _run_worker(cfg):
         exec(compile(source, cfg["main"], "exec"), globals_)
     except SystemExit:
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - report whatever the snippet raised, as python would
         # Drop this runner's own frame so the traceback shows only the snippet.
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
         raise SystemExit(1) from None

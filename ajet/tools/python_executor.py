@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields, replace
-from typing import Any
+from dataclasses import replace
 
+from ajet.config import AjetConfig, default_config
+from ajet.config.schema import PythonExecutorConfig
 from ajet.tools.sandbox import ExecutionResult, SandboxLimits, SandboxPlan, probe_sandbox, run_sandboxed
 
 __all__ = [
@@ -37,10 +38,10 @@ __all__ = [
 class PythonExecutor:
     """Runs snippets under `limits`, at most `max_concurrency` at a time (sync and async callers together)."""
 
-    def __init__(self, limits: SandboxLimits | None = None, max_concurrency: int = 4) -> None:
+    def __init__(self, limits: SandboxLimits, max_concurrency: int) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.limits = limits or SandboxLimits()
+        self.limits = limits
         self.max_concurrency = max_concurrency
         self._slots = threading.BoundedSemaphore(max_concurrency)
         # Async callers wait in this pool's queue rather than in the event loop's default executor, so
@@ -69,39 +70,30 @@ def _with_timeout(limits: SandboxLimits, timeout: float) -> SandboxLimits:
     return replace(limits, timeout=float(timeout), cpu_seconds=min(limits.cpu_seconds, max(1, int(timeout) + 1)))
 
 
-def limits_from_config(section: Any) -> tuple[SandboxLimits, int]:
-    """(limits, max_concurrency) from a `tools.python_executor` section (dict or attribute object)."""
-    if section is None:
-        return SandboxLimits(), 4
-
-    def get(key: str, default: Any) -> Any:
-        value = section.get(key) if isinstance(section, dict) else getattr(section, key, None)
-        return default if value is None else value
-
-    defaults = SandboxLimits()
-    values = {}
-    for f in fields(SandboxLimits):
-        default = getattr(defaults, f.name)
-        values[f.name] = type(default)(get(f.name, default))  # YAML may give 10 for a float field
-    return SandboxLimits(**values), int(get("max_concurrency", 4))
+def limits_from_config(section: PythonExecutorConfig) -> tuple[SandboxLimits, int]:
+    """(limits, max_concurrency) of a `tools.python_executor` section."""
+    limits = SandboxLimits(
+        timeout=section.timeout,
+        cpu_seconds=section.cpu_seconds,
+        memory_mb=section.memory_mb,
+        max_output_bytes=section.max_output_bytes,
+        disable_network=section.disable_network,
+    )
+    return limits, section.max_concurrency
 
 
 _executors: dict[tuple[SandboxLimits, int], PythonExecutor] = {}
 _executors_lock = threading.Lock()
 
 
-def get_python_executor(config: Any = None) -> PythonExecutor:
-    """The shared executor for the `ajet` config's `tools.python_executor` section (defaults if None).
+def get_python_executor(config: AjetConfig | PythonExecutorConfig | None = None) -> PythonExecutor:
+    """The shared executor for a run's `tools.python_executor` settings (the packaged defaults if None).
 
-    Accepts the whole `ajet` config, or the section itself.
+    Takes the whole `ajet` config (what a workflow holds as `self.config`) or the section itself.
     """
-    section = config
-    for key in ("tools", "python_executor"):
-        if section is None:
-            break
-        inner = section.get(key) if isinstance(section, dict) else getattr(section, key, None)
-        if inner is not None:
-            section = inner
+    if config is None:
+        config = default_config()
+    section = config.tools.python_executor if isinstance(config, AjetConfig) else config
     key = limits_from_config(section)
     with _executors_lock:
         if key not in _executors:

@@ -28,6 +28,7 @@ pid-namespace teardown are then all that bound a fork bomb.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -97,15 +98,17 @@ class ExecutionResult:
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-execution limits (the `tools.python_executor` config section)."""
+    """Per-execution limits. The first five are the `tools.python_executor` config keys (their defaults
+    live in default.yaml; see `ajet.tools.python_executor.limits_from_config`); the last two are fixed
+    properties of the sandbox, not user settings."""
 
-    timeout: float = 10.0
-    cpu_seconds: int = 10
-    memory_mb: int = 1024
-    max_output_bytes: int = 65536
+    timeout: float
+    cpu_seconds: int
+    memory_mb: int
+    max_output_bytes: int
+    disable_network: bool
     max_file_mb: int = 16
     max_open_files: int = 256
-    disable_network: bool = True
 
 
 @dataclass(frozen=True)
@@ -195,10 +198,8 @@ def _scrubbed_env(workdir: str) -> dict[str, str]:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _collect_output(proc: subprocess.Popen, timeout: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
@@ -329,7 +330,7 @@ def probe_sandbox() -> SandboxPlan:
     if not abi:
         notes.append("Landlock unavailable: writes outside the working directory are not prevented")
     plan = SandboxPlan(unshare_prefix=prefix, network_namespace=bool(prefix), seccomp=True, landlock_abi=abi)
-    trial_limits = SandboxLimits(timeout=20, cpu_seconds=10)
+    trial_limits = SandboxLimits(timeout=20, cpu_seconds=10, memory_mb=1024, max_output_bytes=4096, disable_network=True)
     fallbacks = [
         ("seccomp filter", lambda p: replace(p, seccomp=False)),
         ("Landlock", lambda p: replace(p, landlock_abi=0)),

@@ -26,24 +26,3 @@ class EpisodeLimits:
     max_response_tokens_per_turn: int | None = None
     max_total_tokens: int | None = None
     max_response_tokens: int | None = None
-
-    @classmethod
-    def from_config(cls, config) -> EpisodeLimits:
-        """Limits from the `ajet` config (attribute or dict access): rollout and data sections."""
-        rollout = _get(config, "rollout")
-        data = _get(config, "data")
-        return cls(
-            max_turns=_get(_get(rollout, "multi_turn"), "max_steps"),
-            max_prompt_tokens=_get(data, "max_prompt_length"),
-            max_response_tokens_per_turn=_get(rollout, "max_response_length_in_one_turn"),
-            max_total_tokens=_get(rollout, "max_model_len"),
-            max_response_tokens=_get(data, "max_response_length"),
-        )
-
-
-def _get(obj, key):
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return obj.get(key)
-    return getattr(obj, key, None)

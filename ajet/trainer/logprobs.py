@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ajet.algo.losses import entropy_from_logits
+
 
 def sequence_logprobs(
     model: nn.Module,
@@ -145,7 +147,7 @@ def _chunk_fn(head: nn.Module, inv_temp: float, with_entropy: bool) -> Callable:
         lse = torch.logsumexp(logits, dim=-1)
         lp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
         if with_entropy:
-            ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+            ent = entropy_from_logits(logits, logsumexp=lse)
         else:
             ent = lp.new_zeros(0)
         return lp, ent

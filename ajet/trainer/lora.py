@@ -3,35 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from ajet.trainer._cfg import cfg_get as _get
+from ajet.config.schema import LoraConfig as LoraSection
 
 
-def lora_config_from(lora_cfg: Any) -> LoraConfig | None:
+def lora_config_from(lora_cfg: LoraSection) -> LoraConfig | None:
     """The peft LoraConfig for an ajet `lora:` section, or None when `lora_rank` is 0 (full fine-tuning)."""
-    rank = int(_get(lora_cfg, "lora_rank", 0) or 0)
-    if rank <= 0:
+    if lora_cfg.lora_rank <= 0:
         return None
-    targets = _get(lora_cfg, "target_modules", "all-linear")
-    if not isinstance(targets, str):
-        targets = list(targets)
+    targets = lora_cfg.target_modules
     return LoraConfig(
-        r=rank,
-        lora_alpha=float(_get(lora_cfg, "lora_alpha", 16)),
-        lora_dropout=float(_get(lora_cfg, "lora_dropout", 0.0)),
-        target_modules=targets,
+        r=lora_cfg.lora_rank,
+        lora_alpha=lora_cfg.lora_alpha,
+        lora_dropout=lora_cfg.lora_dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
-def apply_lora(model: nn.Module, lora_cfg: Any) -> nn.Module:
+def apply_lora(model: nn.Module, lora_cfg: LoraSection) -> nn.Module:
     """Wrap `model` with fresh LoRA adapters (in place, as peft does); unchanged when rank is 0."""
     config = lora_config_from(lora_cfg)
     return model if config is None else get_peft_model(model, config)

@@ -29,8 +29,8 @@ from ajet.algo import (
     ratio_band_mask,
     truncated_is_weights,
 )
+from ajet.config.schema import LoraConfig, TrainerCommonConfig
 from ajet.schema import Sample
-from ajet.trainer._cfg import cfg_get
 from ajet.trainer.checkpoint import (
     atomic_checkpoint,
     capture_rng_state,
@@ -77,7 +77,7 @@ class PolicyTrainer:
     Args:
         model: the policy (trained in place; wrapped with peft LoRA when `lora.lora_rank > 0`).
         tokenizer: used for its pad token only.
-        cfg: the `trainer_common` config section (dict or attribute object).
+        cfg: the `trainer_common` config section.
         lora_cfg: the `lora` config section; None or rank 0 = full fine-tuning.
         device: where to train. On CUDA the forward runs under bf16 autocast; on CPU in fp32.
         ref_model: frozen reference for the KL loss (full fine-tuning only). With LoRA the reference
@@ -92,8 +92,8 @@ class PolicyTrainer:
         self,
         model: nn.Module,
         tokenizer: Any,
-        cfg: Any,
-        lora_cfg: Any = None,
+        cfg: TrainerCommonConfig,
+        lora_cfg: LoraConfig | None = None,
         *,
         device: str | torch.device = "cpu",
         ref_model: nn.Module | None = None,
@@ -102,13 +102,13 @@ class PolicyTrainer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.pad_token_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
-        self.use_kl = bool(cfg_get(cfg, "use_kl_loss", False))
+        self.use_kl = cfg.use_kl_loss
 
         model = model.to(self.device)
-        self.is_lora = int(cfg_get(lora_cfg, "lora_rank", 0) or 0) > 0
+        self.is_lora = lora_cfg is not None and lora_cfg.lora_rank > 0
         if self.use_kl and not self.is_lora and ref_model is None:
             ref_model = copy.deepcopy(model)
-        self.model = apply_lora(model, lora_cfg) if self.is_lora else model
+        self.model = apply_lora(model, lora_cfg) if lora_cfg is not None and self.is_lora else model
         self.ref_model = None if self.is_lora or ref_model is None else ref_model.to(self.device).eval()
         if self.ref_model is not None:
             self.ref_model.requires_grad_(False)
@@ -129,11 +129,11 @@ class PolicyTrainer:
             )
         self.optimizer = torch.optim.AdamW(
             self.params,
-            lr=float(cfg_get(cfg, "optim.lr", 1e-6)),
-            betas=tuple(cfg_get(cfg, "optim.betas", (0.9, 0.999))),
-            weight_decay=float(cfg_get(cfg, "optim.weight_decay", 0.01)),
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
         )
-        warmup = int(cfg_get(cfg, "optim.lr_warmup_steps", 0))
+        warmup = cfg.optim.lr_warmup_steps
         # Linear warmup counted in train_step calls, reaching full lr at step `warmup`. Written here
         # rather than transformers' get_constant_schedule_with_warmup because that one gives lr = 0
         # to the very first step, which would waste a whole rollout batch.
@@ -161,10 +161,11 @@ class PolicyTrainer:
         if not samples:
             raise ValueError("train_step needs at least one sample")
         start = time.perf_counter()
-        ppo_epochs = int(cfg_get(self.cfg, "ppo_epochs", 1))
-        mini_batch_num = max(1, min(int(cfg_get(self.cfg, "mini_batch_num", 1)), len(samples)))
-        tis_cap = cfg_get(self.cfg, "rollout_correction.tis_cap")
-        band = (cfg_get(self.cfg, "rollout_correction.mask_low"), cfg_get(self.cfg, "rollout_correction.mask_high"))
+        ppo_epochs = self.cfg.ppo_epochs
+        mini_batch_num = min(self.cfg.mini_batch_num, len(samples))
+        correction = self.cfg.rollout_correction
+        tis_cap = correction.tis_cap
+        band = (correction.mask_low, correction.mask_high)
 
         seqs = [self._to_seq(s, a) for s, a in zip(samples, advantages)]
         total_tokens = sum(int(s.input_ids.numel()) for s in seqs)
@@ -264,14 +265,8 @@ class PolicyTrainer:
         if zero_grad:
             self.optimizer.zero_grad(set_to_none=True)
         cfg = self.cfg
-        mode = str(cfg_get(cfg, "algorithm.loss_agg_mode", "token-mean"))
-        clip_low = float(cfg_get(cfg, "clip_ratio_low", 0.2))
-        clip_high = float(cfg_get(cfg, "clip_ratio_high", 0.28))
-        clip_c = cfg_get(cfg, "clip_ratio_c")
-        kl_coef = float(cfg_get(cfg, "kl_loss_coef", 0.0))
-        kl_kind = str(cfg_get(cfg, "kl_loss_type", "low_var_kl"))
-        entropy_coeff = float(cfg_get(cfg, "entropy_coeff", 0.0))
-        micro = max(1, int(cfg_get(cfg, "micro_batch_size", 4)))
+        mode = cfg.algorithm.loss_agg_mode
+        micro = cfg.micro_batch_size
 
         # Denominators of the whole mini-batch, so the micro-batch losses add up to its loss.
         num_tokens = sum(float(s.loss_mask.sum()) for s in seqs)
@@ -295,16 +290,16 @@ class PolicyTrainer:
                 for row, s in enumerate(chunk):
                     s.trainer_logprobs = logprobs[row, : s.input_ids.numel()].detach()
             pg_loss, pg_metrics = policy_loss(
-                logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, clip_low, clip_high, mode, mb.tis_weights,
-                clip_ratio_c=None if clip_c is None else float(clip_c), num_tokens=num_tokens, num_seqs=num_seqs,
+                logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, cfg.clip_ratio_low, cfg.clip_ratio_high, mode,
+                mb.tis_weights, clip_ratio_c=cfg.clip_ratio_c, num_tokens=num_tokens, num_seqs=num_seqs,
             )
             loss = pg_loss
             if self.use_kl:
-                kl_mat = kl_penalty(logprobs, mb.ref_logprobs, kl_kind)
-                loss = loss + kl_coef * agg_loss(kl_mat, mb.loss_mask, mode, num_tokens=num_tokens, num_seqs=num_seqs)
+                kl_mat = kl_penalty(logprobs, mb.ref_logprobs, cfg.kl_loss_type)
+                loss = loss + cfg.kl_loss_coef * agg_loss(kl_mat, mb.loss_mask, mode, num_tokens=num_tokens, num_seqs=num_seqs)
                 out["_kl_sum"] += float(masked_sum(kl_mat.detach(), mb.loss_mask))
-            if entropy_coeff != 0.0:
-                loss = loss - entropy_coeff * agg_loss(entropy, mb.loss_mask, mode, num_tokens=num_tokens, num_seqs=num_seqs)
+            if cfg.entropy_coeff != 0.0:
+                loss = loss - cfg.entropy_coeff * agg_loss(entropy, mb.loss_mask, mode, num_tokens=num_tokens, num_seqs=num_seqs)
             loss.backward()
 
             micro_tokens = float(mb.loss_mask.sum())
@@ -320,8 +315,7 @@ class PolicyTrainer:
 
     def _optimizer_step(self) -> float:
         """Clip and step; a non-finite gradient norm skips the step (one bad batch must not poison the weights)."""
-        max_norm = cfg_get(self.cfg, "optim.grad_clip", float("inf"))  # null = no clipping
-        max_norm = float(max_norm) if float(max_norm) > 0 else float("inf")
+        max_norm = self.cfg.optim.grad_clip or float("inf")  # null = no clipping
         grads_exist = any(p.grad is not None for p in self.params)
         if not grads_exist:
             return 0.0
@@ -350,7 +344,7 @@ class PolicyTrainer:
                     s.ref_logprobs = logprobs[row, : s.input_ids.numel()]
 
     def _no_grad_logprobs(self, model: nn.Module, seqs: list[_Seq], temperature: float) -> Iterator[tuple[list[_Seq], torch.Tensor]]:
-        micro = max(1, int(cfg_get(self.cfg, "micro_batch_size", 4)))
+        micro = self.cfg.micro_batch_size
         was_training = model.training
         model.eval()  # no dropout: these are the policy's logprobs, not a noisy sample of them
         try:
@@ -436,7 +430,7 @@ class PolicyTrainer:
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save({"rng": capture_rng_state(), "global_step": self.global_step}, tmp / "trainer_state.pt")
-        prune_checkpoints(directory, int(cfg_get(self.cfg, "max_checkpoints_to_keep", 0)))
+        prune_checkpoints(directory, self.cfg.max_checkpoints_to_keep or 0)
         return checkpoint_dir(directory, step)
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:

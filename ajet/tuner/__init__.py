@@ -1,5 +1,5 @@
 """The per-episode tuner handed to workflows (see ajet.tuner.tuner)."""
 
-from ajet.tuner.tuner import AjetTuner, OaiBaseUrlApiKey
+from ajet.tuner.tuner import AjetTuner, AnthropicBaseUrlApiKey, OaiBaseUrlApiKey
 
-__all__ = ["AjetTuner", "OaiBaseUrlApiKey"]
+__all__ = ["AjetTuner", "AnthropicBaseUrlApiKey", "OaiBaseUrlApiKey"]

@@ -2,27 +2,42 @@
 
     async def execute(self, workflow_task, tuner):
         agent = ReActAgent(model=tuner, formatter=DashScopeChatFormatter(), toolkit=..., memory=...)
-        client = tuner.as_raw_openai_sdk_client()          # openai.AsyncOpenAI
+        client = tuner.as_raw_openai_sdk_client()          # openai.AsyncOpenAI: chat.completions, responses
         url_key = tuner.as_oai_baseurl_apikey()             # .base_url / .api_key for requests, LangChain
+        claude = tuner.as_raw_anthropic_sdk_client()        # anthropic.AsyncAnthropic: messages
+        url_key = tuner.as_anthropic_baseurl_apikey()       # .base_url (no /v1) / .api_key for other Anthropic clients
 
-All forms reach the same proxy (ajet.proxy) with the episode's api key, so every call is tracked
-into this episode and no other.
+All forms reach the same proxy (ajet.proxy) with the episode's api key, so every call, in any of
+its protocols (Chat Completions, Responses, Anthropic Messages), is tracked into this episode and
+no other.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import openai
 from agentscope.model import ChatModelBase, ChatResponse, OpenAIChatModel
+
+if TYPE_CHECKING:
+    import anthropic
 
 
 @dataclass(frozen=True)
 class OaiBaseUrlApiKey:
     """What any OpenAI-compatible HTTP client needs: POST {base_url}/chat/completions with
     `Authorization: Bearer {api_key}`."""
+
+    base_url: str
+    api_key: str
+
+
+@dataclass(frozen=True)
+class AnthropicBaseUrlApiKey:
+    """What an Anthropic Messages client needs: `base_url` without `/v1` (the client appends
+    `/v1/messages`), and the key it sends as `x-api-key`."""
 
     base_url: str
     api_key: str
@@ -42,10 +57,31 @@ class AjetTuner(ChatModelBase):
         self.api_key = api_key
         self.episode_id = episode_id
         self._agentscope_model: OpenAIChatModel | None = None
-        self._clients: list[openai.AsyncOpenAI] = []
+        self._clients: list[Any] = []  # SDK clients this tuner made (openai / anthropic), closed in aclose()
 
     def as_oai_baseurl_apikey(self) -> OaiBaseUrlApiKey:
+        """For OpenAI clients: `{base_url}/chat/completions` and `{base_url}/responses`."""
         return OaiBaseUrlApiKey(base_url=self.base_url, api_key=self.api_key)
+
+    def as_anthropic_baseurl_apikey(self) -> AnthropicBaseUrlApiKey:
+        """For Anthropic Messages clients: `{base_url}/v1/messages` with `x-api-key: {api_key}`."""
+        base = self.base_url.rstrip("/")
+        return AnthropicBaseUrlApiKey(base_url=base.removesuffix("/v1"), api_key=self.api_key)
+
+    def as_raw_anthropic_sdk_client(self, **client_kwargs: Any) -> anthropic.AsyncAnthropic:
+        """A fresh `anthropic.AsyncAnthropic` bound to this episode; kwargs go to its constructor.
+
+        The tuner closes it in `aclose()` (the runner calls that when the episode ends).
+        """
+        import anthropic  # on first use: importing it takes ~1 s of CPU, which most workflows never need
+
+        endpoint = self.as_anthropic_baseurl_apikey()
+        if endpoint.base_url.startswith("http://"):
+            # Plain HTTP on loopback: skip loading the system CA bundle (see _http_client).
+            client_kwargs.setdefault("http_client", anthropic.DefaultAsyncHttpxClient(verify=False))
+        client = anthropic.AsyncAnthropic(base_url=endpoint.base_url, api_key=endpoint.api_key, **client_kwargs)
+        self._clients.append(client)
+        return client
 
     def as_raw_openai_sdk_client(self, **client_kwargs: Any) -> openai.AsyncOpenAI:
         """A fresh `openai.AsyncOpenAI` bound to this episode; kwargs go to its constructor.
@@ -60,11 +96,9 @@ class AjetTuner(ChatModelBase):
     def as_agentscope_model(self) -> OpenAIChatModel:
         """A non-streaming AgentScope `OpenAIChatModel` bound to this episode (created once, reused)."""
         if self._agentscope_model is None:
+            client_kwargs: dict[str, Any] = {"base_url": self.base_url, "http_client": self._http_client()}
             self._agentscope_model = OpenAIChatModel(
-                model_name=self.model_name,
-                api_key=self.api_key,
-                stream=False,
-                client_kwargs={"base_url": self.base_url, "http_client": self._http_client()},
+                model_name=self.model_name, api_key=self.api_key, stream=False, client_kwargs=client_kwargs
             )
         return self._agentscope_model
 
@@ -75,7 +109,8 @@ class AjetTuner(ChatModelBase):
         response = await self.as_agentscope_model()(*args, **kwargs)
         if not self.stream:
             return response
-        return _single_chunk(response)
+        # The delegate was built with stream=False, so this is one ChatResponse, not a generator.
+        return _single_chunk(cast(ChatResponse, response))
 
     def _http_client(self) -> openai.DefaultAsyncHttpxClient | None:
         # The proxy speaks plain HTTP on loopback, yet a default client loads the system CA bundle

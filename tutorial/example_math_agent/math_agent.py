@@ -29,7 +29,7 @@ class ExampleMathLearn(Workflow):
             return ToolResponse(content=[TextBlock(type="text", text=await python.run(code))])
 
         toolkit = Toolkit()
-        # The same schema the other three styles send, so all four train on one task.
+        # The same schema the other styles send, so all six train on one task.
         toolkit.register_tool_function(execute_python_code, json_schema=PYTHON_TOOL_SCHEMA)
 
         agent = ReActAgent(

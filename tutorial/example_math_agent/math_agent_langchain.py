@@ -1,7 +1,7 @@
 """Math agent, LangChain style: `ChatOpenAI` pointed at the tuner's endpoint + `create_agent`.
 
 LangChain runs the tool loop itself; `ModelCallLimitMiddleware` stops it after
-`rollout.multi_turn.max_steps` model calls, like the other three styles.
+`rollout.multi_turn.max_steps` model calls, like the other styles.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
 from ajet import Workflow, WorkflowOutput, WorkflowTask
-from tutorial.example_math_agent.prompts import TOOL_DESCRIPTION, TOOL_NAME, SYSTEM_PROMPT
+from tutorial.example_math_agent.prompts import SYSTEM_PROMPT, TOOL_DESCRIPTION, TOOL_NAME
 from tutorial.example_math_agent.python_tool import PythonToolSession, max_steps
 
 

@@ -1,7 +1,9 @@
-"""What the four math-agent workflows share: the system prompt and the Python tool's description.
+"""What the six math-agent workflows share: the system prompt and the Python tool's description.
 
-One copy, so the four styles (AgentScope, OpenAI SDK, raw HTTP, LangChain) train on the same task and
-their results can be compared.
+One copy, so the six styles (AgentScope, OpenAI SDK, raw HTTP, LangChain, OpenAI Agents SDK on the
+Responses API, Anthropic SDK on the Messages API) train on the same task and their results can be
+compared: ajet's proxy translates every protocol's tool declaration back to PYTHON_TOOL_SCHEMA, so
+each style's prompt is the same tokens.
 """
 
 TOOL_NAME = "execute_python_code"
@@ -32,4 +34,11 @@ PYTHON_TOOL_SCHEMA = {
             "required": ["code"],
         },
     },
+}
+
+# The same tool as an Anthropic Messages custom tool (Anthropic SDK style).
+ANTHROPIC_PYTHON_TOOL = {
+    "name": TOOL_NAME,
+    "description": TOOL_DESCRIPTION,
+    "input_schema": PYTHON_TOOL_SCHEMA["function"]["parameters"],
 }

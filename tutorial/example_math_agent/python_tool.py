@@ -1,4 +1,4 @@
-"""The Python tool for one episode, shared by the four workflows.
+"""The Python tool for one episode, shared by the six workflows.
 
 Runs the model's code in ajet's sandboxed executor (limits from `tools.python_executor`, one
 concurrency cap shared by every episode) and counts what the judge's shaping terms look at:
@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ajet.config import AjetConfig
 from ajet.tools import get_python_executor
-
 from tutorial.example_math_agent.prompts import TOOL_NAME
 
 
 class PythonToolSession:
     """Call `run(code)` for each tool call; put `metadata()` into the WorkflowOutput."""
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: AjetConfig | None = None) -> None:
         self.executor = get_python_executor(config)
         self.calls = 0
         self.calls_without_output = 0
@@ -33,19 +33,24 @@ class PythonToolSession:
         return result.to_agent_text()
 
     async def run_openai_tool_call(self, name: str, arguments: str | None) -> str:
-        """Execute one OpenAI-format tool call; bad calls get an explanation instead of an exception,
-        so the model can correct itself on the next turn."""
+        """Execute one OpenAI-format tool call (arguments as a JSON string); see `run_tool_call`."""
+        try:
+            args: Any = json.loads(arguments or "{}")
+        except ValueError as exc:
+            args = ValueError(f"arguments are not JSON: {exc}")
+        return await self.run_tool_call(name, args)
+
+    async def run_tool_call(self, name: str, args: Any) -> str:
+        """Execute one tool call with parsed arguments (an Anthropic `tool_use` input). Bad calls get
+        an explanation instead of an exception, so the model can correct itself on the next turn."""
         if name != TOOL_NAME:
             self.failed_calls += 1
             return f"Error: unknown tool {name!r}. The only tool is {TOOL_NAME}."
-        try:
-            args = json.loads(arguments or "{}")
-            code = args["code"]
-            if not isinstance(code, str):
-                raise TypeError("code must be a string")
-        except (ValueError, KeyError, TypeError) as exc:
+        code = args.get("code") if isinstance(args, dict) else None
+        if not isinstance(code, str):
             self.failed_calls += 1
-            return f'Error: invalid arguments ({exc}). Call {TOOL_NAME} with {{"code": "<python code>"}}.'
+            reason = args if isinstance(args, ValueError) else 'no "code" string'
+            return f'Error: invalid arguments ({reason}). Call {TOOL_NAME} with {{"code": "<python code>"}}.'
         return await self.run(code)
 
     def metadata(self) -> dict[str, int]:
@@ -56,9 +61,6 @@ class PythonToolSession:
         }
 
 
-def max_steps(config: Any, default: int = 8) -> int:
+def max_steps(config: AjetConfig) -> int:
     """`rollout.multi_turn.max_steps`: model calls allowed per episode."""
-    try:
-        return int(config.rollout.multi_turn.max_steps)
-    except AttributeError:
-        return default
+    return config.rollout.multi_turn.max_steps

@@ -4,7 +4,7 @@ ajet's workflows running inside verl's agent loops.
 - config_translation: ajet YAML -> verl config keys (pure; no verl import)
 - agent_loop: `AjetAgentLoop`, registered in verl as "ajet_agent" (imports verl)
 - batch: tracker samples -> verl DataProto (imports verl when called)
-- launch: `run(cfg, launch_args)`, importable without verl (it explains how to install it)
+- launch: `run(cfg, options)`, importable without verl (it explains how to install it)
 """
 
 from ajet.backbone.verl.config_translation import (

@@ -41,7 +41,8 @@ from verl.experimental.agent_loop.agent_loop import (
 
 from ajet.backbone.verl.batch import pad_token_id, split_sample
 from ajet.backbone.verl.config_translation import AGENT_LOOP_NAME
-from ajet.engine.verl_server import VerlServerEngine
+from ajet.backbone.verl.server_engine import VerlServerEngine
+from ajet.config import AjetConfig
 from ajet.schema import EpisodeResult, Task
 
 logger = logging.getLogger(__name__)
@@ -84,20 +85,20 @@ def resolve_proxy_host(setting: str) -> str:
 class WorkerContext:
     """What one agent-loop worker process shares across its episodes."""
 
-    def __init__(self, cfg: Any, server_manager: Any, tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
-        from ajet.backbone.components import load_workflow_and_judge
+    def __init__(self, cfg: AjetConfig, server_manager: Any, tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
         from ajet.models import ensure_tool_template
         from ajet.proxy import ProxyServer
         from ajet.rollout import RolloutSettings
+        from ajet.training.user_code import build_workflow_and_judge
 
         self.cfg = cfg
         self.tokenizer = tokenizer
         if cfg.model.chat_template != "model":
             ensure_tool_template(tokenizer)
         self.engine = VerlServerEngine(server_manager, tokenizer, loop=loop, max_model_len=cfg.rollout.max_model_len)
-        self.proxy = ProxyServer.from_config(self.engine, tokenizer, cfg, host=resolve_proxy_host(cfg.rollout.proxy_host))
+        self.proxy = ProxyServer.from_config(self.engine, tokenizer, cfg.rollout, host=resolve_proxy_host(cfg.rollout.proxy_host))
         self.proxy.start()
-        self.workflow_cls, self.judge = load_workflow_and_judge(cfg)
+        self.workflow_cls, self.judge = build_workflow_and_judge(cfg)
         self.base_settings = RolloutSettings.from_config(cfg)
         self._runners: dict[tuple[float, float, int], Any] = {}
         self._repeats: dict[str, int] = defaultdict(int)
@@ -160,7 +161,7 @@ _contexts: dict[int, WorkerContext] = {}
 _contexts_lock = threading.Lock()
 
 
-def worker_context(cfg: Any, server_manager: Any, tokenizer: Any) -> WorkerContext:
+def worker_context(cfg: AjetConfig, server_manager: Any, tokenizer: Any) -> WorkerContext:
     """The process's context for this server manager (one per verl worker), created on first use."""
     key = id(server_manager)
     with _contexts_lock:

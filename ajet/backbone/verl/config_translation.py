@@ -15,13 +15,14 @@ Unit conventions verl uses that differ from ajet's (the reason most keys are not
 
 from __future__ import annotations
 
-import copy
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ajet.config.errors import ConfigError
+from ajet.config.merge import deep_merge
+from ajet.config.schema import AjetConfig, DataConfig, LoraConfig, RolloutConfig, TrainerCommonConfig
 
 # The name our agent loop is registered under in verl (see ajet.backbone.verl.agent_loop).
 AGENT_LOOP_NAME = "ajet_agent"
@@ -41,23 +42,12 @@ class VerlConfigError(ConfigError):
     """An ajet setting that has no faithful verl equivalent, or an `ajet.verl:` key verl lacks."""
 
 
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """`override` merged into a copy of `base`: nested dicts merge, anything else replaces."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 # KV cache of verl's vLLM rollout on the CPU: 10k tokens of a 0.5B Qwen2.5 in float32, far more of a test model.
 CPU_VLLM_KV_CACHE_BYTES = 256 << 20
 
 
 def translate_config(
-    cfg: Any,
+    cfg: AjetConfig,
     *,
     model_path: str | None = None,
     train_files: str | list[str] | None = None,
@@ -73,7 +63,29 @@ def translate_config(
     experiment_dir: the run directory; checkpoints go to `<experiment_dir>/checkpoints`.
     agent_loop_config_path: the YAML registering ajet's agent loop in verl's worker processes.
     """
-    r, d, t, lora = cfg.rollout, cfg.data, cfg.trainer_common, cfg.lora
+    _check_translatable(cfg)
+    t = cfg.trainer_common
+    translated = {
+        "algorithm": _algorithm_keys(t),
+        "data": _data_keys(cfg.data, train_files, val_files),
+        "actor_rollout_ref": {
+            "model": _model_keys(model_path or cfg.model.path, cfg.lora),
+            "actor": _actor_keys(t, cfg.data),
+            "ref": {"log_prob_micro_batch_size_per_gpu": t.micro_batch_size},
+            "rollout": _rollout_keys(cfg.rollout, cfg.data, t, agent_loop_config_path),
+        },
+        "trainer": _trainer_keys(cfg, experiment_dir),
+    }
+    if t.n_gpus_per_node == 0:
+        translated = deep_merge(translated, cpu_keys())
+        if cfg.rollout.engine == "vllm":
+            translated = deep_merge(translated, cpu_vllm_keys())
+    return deep_merge(translated, cfg.verl)
+
+
+def _check_translatable(cfg: AjetConfig) -> None:
+    """Settings verl cannot mean the same way: refused with the key and the fix."""
+    d, t = cfg.data, cfg.trainer_common
     if d.train_batch_size % t.mini_batch_num:
         raise VerlConfigError(
             f"ajet.data.train_batch_size ({d.train_batch_size}) must be divisible by "
@@ -85,8 +97,55 @@ def translate_config(
             f"ajet.trainer_common.algorithm.adv_estimator={t.algorithm.adv_estimator!r}: ajet's verl "
             "backbone runs grpo; set another estimator under ajet.verl.algorithm if you mean it"
         )
-    val = r.val_kwargs
+    if t.n_gpus_per_node == 0 and cfg.lora.lora_rank > 0:
+        raise VerlConfigError(
+            "ajet.lora.lora_rank > 0 with ajet.trainer_common.n_gpus_per_node=0: the CPU rollout "
+            "engine syncs full weights only; set lora.lora_rank=0 or run on GPUs"
+        )
 
+
+def _algorithm_keys(t: TrainerCommonConfig) -> dict[str, Any]:
+    return {
+        "adv_estimator": "grpo",
+        "norm_adv_by_std_in_grpo": t.algorithm.norm_adv_by_std_in_grpo,
+        "use_kl_in_reward": False,
+        "rollout_correction": rollout_correction_keys(
+            t.rollout_correction.tis_cap, t.rollout_correction.mask_low, t.rollout_correction.mask_high
+        ),
+    }
+
+
+def _data_keys(d: DataConfig, train_files: str | list[str] | None, val_files: str | list[str] | None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "train_batch_size": d.train_batch_size,
+        "max_prompt_length": d.max_prompt_length,
+        "max_response_length": d.max_response_length,
+        "shuffle": d.shuffle,
+        "seed": d.seed,
+        "return_raw_chat": True,
+        # The workflow renders its own prompts; the dataset's copy is only the first user turn.
+        "filter_overlong_prompts": False,
+        "truncation": "left",
+    }
+    if train_files is not None:
+        data["train_files"] = train_files
+    if val_files is not None:
+        data["val_files"] = val_files
+    return data
+
+
+def _model_keys(model_path: str, lora: LoraConfig) -> dict[str, Any]:
+    model: dict[str, Any] = {"path": model_path}
+    if lora.lora_rank > 0:
+        model.update(
+            lora_rank=lora.lora_rank,
+            lora_alpha=lora.lora_alpha,
+            target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
+        )
+    return model
+
+
+def _actor_keys(t: TrainerCommonConfig, d: DataConfig) -> dict[str, Any]:
     actor = {
         "strategy": "fsdp",
         "ppo_mini_batch_size": d.train_batch_size // t.mini_batch_num,
@@ -110,8 +169,17 @@ def translate_config(
     }
     if t.clip_ratio_c is not None:
         actor["clip_ratio_c"] = t.clip_ratio_c
+    return actor
 
-    rollout = {
+
+def _rollout_keys(
+    r: RolloutConfig, d: DataConfig, t: TrainerCommonConfig, agent_loop_config_path: str | Path | None
+) -> dict[str, Any]:
+    val = r.val_kwargs
+    agent: dict[str, Any] = {"default_agent_loop": AGENT_LOOP_NAME}
+    if agent_loop_config_path is not None:
+        agent["agent_loop_config_path"] = str(agent_loop_config_path)
+    return {
         "name": "vllm",
         "mode": "async",
         "n": r.num_repeat,
@@ -133,35 +201,12 @@ def translate_config(
             "do_sample": val.do_sample,
             "n": val.num_repeat,
         },
-        "agent": {"default_agent_loop": AGENT_LOOP_NAME},
+        "agent": agent,
     }
-    if agent_loop_config_path is not None:
-        rollout["agent"]["agent_loop_config_path"] = str(agent_loop_config_path)
 
-    model: dict[str, Any] = {"path": model_path or cfg.model.path}
-    if lora.lora_rank > 0:
-        model.update(
-            lora_rank=lora.lora_rank,
-            lora_alpha=lora.lora_alpha,
-            target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
-        )
 
-    data: dict[str, Any] = {
-        "train_batch_size": d.train_batch_size,
-        "max_prompt_length": d.max_prompt_length,
-        "max_response_length": d.max_response_length,
-        "shuffle": d.shuffle,
-        "seed": d.seed,
-        "return_raw_chat": True,
-        # The workflow renders its own prompts; the dataset's copy is only the first user turn.
-        "filter_overlong_prompts": False,
-        "truncation": "left",
-    }
-    if train_files is not None:
-        data["train_files"] = train_files
-    if val_files is not None:
-        data["val_files"] = val_files
-
+def _trainer_keys(cfg: AjetConfig, experiment_dir: str | Path | None) -> dict[str, Any]:
+    t = cfg.trainer_common
     trainer: dict[str, Any] = {
         "project_name": cfg.project_name,
         "experiment_name": cfg.experiment_name,
@@ -180,35 +225,7 @@ def translate_config(
     }
     if experiment_dir is not None:
         trainer["default_local_dir"] = str(Path(experiment_dir) / "checkpoints")
-
-    translated = {
-        "algorithm": {
-            "adv_estimator": "grpo",
-            "norm_adv_by_std_in_grpo": t.algorithm.norm_adv_by_std_in_grpo,
-            "use_kl_in_reward": False,
-            "rollout_correction": rollout_correction_keys(
-                t.rollout_correction.tis_cap, t.rollout_correction.mask_low, t.rollout_correction.mask_high
-            ),
-        },
-        "data": data,
-        "actor_rollout_ref": {
-            "model": model,
-            "actor": actor,
-            "ref": {"log_prob_micro_batch_size_per_gpu": t.micro_batch_size},
-            "rollout": rollout,
-        },
-        "trainer": trainer,
-    }
-    if t.n_gpus_per_node == 0:
-        if lora.lora_rank > 0:
-            raise VerlConfigError(
-                "ajet.lora.lora_rank > 0 with ajet.trainer_common.n_gpus_per_node=0: the CPU rollout "
-                "engine syncs full weights only; set lora.lora_rank=0 or run on GPUs"
-            )
-        translated = deep_merge(translated, cpu_keys())
-        if r.engine == "vllm":
-            translated = deep_merge(translated, cpu_vllm_keys())
-    return deep_merge(translated, dict(cfg.verl or {}))
+    return trainer
 
 
 def cpu_vllm_keys() -> dict[str, Any]:
@@ -344,7 +361,8 @@ def compose_verl_config(translated: Mapping[str, Any]) -> Any:
     try:
         return OmegaConf.merge(base, OmegaConf.create(dict(translated)))
     except ConfigKeyError as exc:
-        raise VerlConfigError(_unknown_key_message(base, exc.full_key), key=f"ajet.verl.{exc.full_key}") from None
+        full_key = exc.full_key or ""
+        raise VerlConfigError(_unknown_key_message(base, full_key), key=f"ajet.verl.{full_key}") from None
 
 
 def _unknown_key_message(base: Any, full_key: str) -> str:

@@ -32,13 +32,13 @@ import torch
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
-from ajet.engine.verl_server import from_verl_sampling_params
+from ajet.backbone.verl.server_engine import from_verl_sampling_params
+from ajet.processes import RUN_ID_ENV
 
 logger = logging.getLogger(__name__)
 
 ROLLOUT_NAME = "hf"
 # Makes the server actors' names unique per run when several runs share one Ray cluster.
-RUN_ID_ENV = "AJET_RUN_ID"
 
 
 def server_actor_name(replica_rank: int) -> str:

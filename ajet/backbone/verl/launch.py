@@ -1,6 +1,6 @@
 """`--backbone=verl`: the same YAML, workflow and judge, trained by verl's GRPO over Ray and vLLM.
 
-run(cfg, launch_args):
+run(cfg, options):
   1. checks that verl, vllm and ray import (else says how to install them and returns 2; vllm is
      not needed with `n_gpus_per_node: 0`, verl's trainer on the CPU with ajet's hf engine);
   2. writes the run directory: tasks as parquet (the form verl's RLHFDataset reads, each row's Task
@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ajet.backbone.options import LaunchOptions
+from ajet.config import AjetConfig
+from ajet.processes import RUN_ID_ENV, mark_this_run
+from ajet.tracker.render import content_text
 
 logger = logging.getLogger(__name__)
 
@@ -96,17 +101,15 @@ def verl_process_env(on_cpu: bool, run_id: str, environ: Any = None, *, vllm_on_
     environ = os.environ if environ is None else environ
     users = [m for m in environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
     ours = VERL_MODULES + ((VERL_CPU_VLLM_MODULES if vllm_on_cpu else VERL_CPU_MODULES) if on_cpu else [])
-    env = {"VERL_USE_EXTERNAL_MODULES": ",".join(users + [m for m in ours if m not in users])}
+    # The run mark reaches workers Ray starts on other nodes too (see ajet.processes).
+    env = {"VERL_USE_EXTERNAL_MODULES": ",".join(users + [m for m in ours if m not in users]), RUN_ID_ENV: run_id}
     if on_cpu:
-        from ajet.backbone.verl.hf_rollout import RUN_ID_ENV
-
         env.update(
             VERL_PLATFORM="cpu",
             # verl registers its FSDP engine for the devices "cuda" and "npu" only; nothing in the
             # code paths the CPU platform serves is CUDA-specific, so the CPU run uses that engine.
             VERL_ENGINE_DEVICE="cuda",
         )
-        env[RUN_ID_ENV] = run_id
     return env
 
 
@@ -122,7 +125,7 @@ def write_tasks_parquet(tasks: Sequence[Any], path: str | Path) -> Path:
         {
             "data_source": "ajet",
             # Only verl's bookkeeping reads this copy; the workflow builds its own messages from the Task.
-            "prompt": [{"role": str(m.get("role", "user")), "content": _text(m.get("content"))} for m in task.init_messages],
+            "prompt": [{"role": str(m.get("role", "user")), "content": content_text(m.get("content"))} for m in task.init_messages],
             "agent_name": AGENT_LOOP_NAME,
             "extra_info": task_to_extra_info(task, index),
         }
@@ -134,7 +137,7 @@ def write_tasks_parquet(tasks: Sequence[Any], path: str | Path) -> Path:
     return path
 
 
-def prepare_run(cfg: Any, experiment_dir: Path, *, with_logview: bool = False) -> tuple[Any, dict[str, str]]:
+def prepare_run(cfg: AjetConfig, experiment_dir: Path, *, with_logview: bool = False) -> tuple[Any, dict[str, str]]:
     """Write the run directory's files; returns (the composed verl config, env vars for workers)."""
     from omegaconf import OmegaConf
 
@@ -210,7 +213,7 @@ def metrics_path(experiment_dir: Path) -> Path:
     return path
 
 
-def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importlib.util.find_spec) -> int:
+def run(cfg: AjetConfig, options: LaunchOptions, *, find_spec: Callable[[str], Any] = importlib.util.find_spec) -> int:
     """Train `cfg` on verl; returns the process exit code."""
     on_cpu = cfg.trainer_common.n_gpus_per_node == 0
     missing = missing_dependencies(find_spec, on_cpu=on_cpu)
@@ -229,7 +232,7 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_NO_GPU
-    process_env = verl_process_env(on_cpu, run_id=f"{os.getpid()}", vllm_on_cpu=on_cpu and cfg.rollout.engine == "vllm")
+    process_env = verl_process_env(on_cpu, run_id=mark_this_run(), vllm_on_cpu=on_cpu and cfg.rollout.engine == "vllm")
     os.environ.update(process_env)
     for module in process_env["VERL_USE_EXTERNAL_MODULES"].split(","):
         importlib.import_module(module)  # in this process too, in case verl was imported before
@@ -241,13 +244,10 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    from ajet.config import resolve_experiment_dir
     from ajet.ray_utils import ray_session
 
-    experiment_dir = resolve_experiment_dir(cfg)
-    verl_config, env_vars = prepare_run(
-        cfg, experiment_dir, with_logview=bool(getattr(launch_args, "with_logview", False))
-    )
+    experiment_dir = options.run_dir
+    verl_config, env_vars = prepare_run(cfg, experiment_dir, with_logview=options.with_logview)
     auto_set_device(verl_config)
     validate_config(
         config=verl_config,
@@ -268,11 +268,3 @@ def run(cfg: Any, launch_args: Any, *, find_spec: Callable[[str], Any] = importl
     with ray_session(runtime_env=runtime_env, namespace="ajet", **resources):
         run_ppo(verl_config, task_runner_class=TaskRunner)
     return 0
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)

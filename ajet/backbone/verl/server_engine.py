@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ajet.engine.base import Completion, Engine, FinishReason, SamplingParams
+from ajet.engine.base import Completion, FinishReason, GatedEngine, SamplingParams
 
 # Turns of one episode (and the GRPO siblings of one task) share their first tokens, the system
 # prompt and task; keying the sticky-session id on them sends them to the same vLLM replica, where
@@ -28,7 +28,7 @@ from ajet.engine.base import Completion, Engine, FinishReason, SamplingParams
 STICKY_PREFIX_TOKENS = 64
 
 
-class VerlServerEngine(Engine):
+class VerlServerEngine(GatedEngine):
     """`Engine.generate` through a verl server manager (token in, token out, logprobs returned).
 
     server_manager: anything with `async generate(request_id, *, prompt_ids, sampling_params)`
@@ -47,6 +47,7 @@ class VerlServerEngine(Engine):
         loop: asyncio.AbstractEventLoop | None = None,
         max_model_len: int = 32768,
     ) -> None:
+        super().__init__()
         self.server_manager = server_manager
         self.tokenizer = tokenizer
         self.loop = loop
@@ -67,11 +68,12 @@ class VerlServerEngine(Engine):
         return await asyncio.wrap_future(future)
 
     async def _generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
-        output = await self.server_manager.generate(
-            request_id=sticky_request_id(prompt_ids),
-            prompt_ids=list(prompt_ids),
-            sampling_params=to_verl_sampling_params(params),
-        )
+        async with self.admitted():
+            output = await self.server_manager.generate(
+                request_id=sticky_request_id(prompt_ids),
+                prompt_ids=list(prompt_ids),
+                sampling_params=to_verl_sampling_params(params),
+            )
         token_ids = [int(t) for t in output.token_ids]
         if output.log_probs is None:
             raise RuntimeError(

@@ -1,13 +1,14 @@
-"""From judged groups to the trainer's input: samples paired with their GRPO advantages."""
+"""From judged groups to the trainer's input: samples paired with their advantages."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
-from ajet.algo import grpo_advantages
+from ajet.algo import advantage_estimator
+from ajet.config.schema import AlgorithmConfig
 from ajet.rollout.groups import EpisodeGroup
 from ajet.schema import Sample
 
@@ -23,9 +24,10 @@ class TrainingBatch:
 
 
 def build_training_batch(
-    groups: Sequence[EpisodeGroup], *, norm_by_std: bool = True, advantage_sign: float = 1.0
+    groups: Sequence[EpisodeGroup], algorithm: AlgorithmConfig, *, advantage_sign: float = 1.0
 ) -> TrainingBatch:
-    """GRPO: each episode's reward is normalised within its group; every sample of the episode shares it.
+    """Each episode gets an advantage from `algorithm.adv_estimator` over the groups' rewards (GRPO:
+    its reward normalised within its group); every sample of the episode shares it.
 
     `advantage_sign=-1` flips every advantage; it exists for the learning-proof control run (a policy
     trained on flipped advantages must not learn) and is never set by the config.
@@ -38,7 +40,8 @@ def build_training_batch(
             owners.append(episode)
     if not rewards:
         return TrainingBatch(samples=[], advantages=[])
-    advantages = grpo_advantages(torch.tensor(rewards, dtype=torch.float32), group_ids, norm_by_std=norm_by_std)
+    estimate = advantage_estimator(algorithm.adv_estimator)
+    advantages = estimate(torch.tensor(rewards, dtype=torch.float32), group_ids, algorithm)
     samples, sample_advantages = [], []
     for episode, advantage in zip(owners, advantages.tolist()):
         for sample in episode.samples:

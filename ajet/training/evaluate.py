@@ -5,16 +5,48 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from ajet.config import AjetConfig
+from ajet.rollout import RolloutRunner
 from ajet.rollout.metrics import summarize_episodes
 from ajet.schema import EpisodeResult, Task
 
 logger = logging.getLogger(__name__)
 
 
-async def evaluate(runner: Any, tasks: Sequence[Task], *, num_repeat: int = 1) -> tuple[dict[str, float], list[EpisodeResult]]:
+async def run_evaluation(cfg: AjetConfig, run_dir: Path, *, with_logview: bool = False, with_ray: bool = False) -> int:
+    """`ajet.trainer_common.val_only=true`: evaluate the model on the validation split and write eval.json."""
+    from ajet.task_reader import build_task_reader
+    from ajet.training.records import print_metrics_table, write_logview_page
+    from ajet.training.stack import build_rollout_stack
+
+    tasks = build_task_reader(cfg).val_tasks()
+    limit = cfg.trainer_common.val_max_num_task_each_validation
+    tasks = tasks[:limit] if limit else tasks
+    stack = build_rollout_stack(cfg, with_ray=with_ray)
+    try:
+        metrics, episodes = await evaluate(stack.runner, tasks, num_repeat=cfg.rollout.val_kwargs.num_repeat)
+    finally:
+        stack.close()
+    report_path = run_dir / "eval.json"
+    settings = {"model": cfg.model.path, "tasks": len(tasks), "workflow": cfg.rollout.user_workflow}
+    write_eval_report(report_path, metrics, episodes, settings)
+    if with_logview:
+        write_logview_page(
+            run_dir / "logview" / "eval.html", episodes, stack.tokenizer, None, step=0, title="evaluation",
+            max_episodes=cfg.trainer_common.logview_episodes,
+        )
+    print_metrics_table("evaluation", metrics)
+    print(f"wrote {report_path}")
+    return 0
+
+
+async def evaluate(
+    runner: RolloutRunner, tasks: Sequence[Task], *, num_repeat: int
+) -> tuple[dict[str, float], list[EpisodeResult]]:
     """Run `num_repeat` validation episodes per task (val sampling settings); return metrics and episodes."""
     t0 = time.perf_counter()
     episodes = await runner.run_batch(list(tasks), num_repeat, validation=True)
