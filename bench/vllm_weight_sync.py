@@ -147,9 +147,8 @@ def main() -> None:
         ways.append({"way": name, "seconds": summarize(times), "outputs_match_hf": ok, "extra_host_mb": extra_mb})
         print(f"{name:<28} {fmt_stats(summarize(times), 3)} s  match={ok}", flush=True)
 
-    # What one full update moves in the engine's dtype (a tied lm_head is not sent: vLLM has none).
-    sent = [v for k, v in original.items() if k not in engine._skip_names]
-    full_mb = sum(v.numel() for v in sent) * torch.empty((), dtype=engine_dtype).element_size() / 2**20
+    # What one full update moves in the engine's dtype (a tied lm_head is sent too; see VLLMEngine).
+    full_mb = sum(v.numel() for v in original.values()) * torch.empty((), dtype=engine_dtype).element_size() / 2**20
     version = [1]
 
     def via_shm(bucket_bytes: int):

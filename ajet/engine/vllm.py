@@ -215,9 +215,6 @@ class VLLMEngine(GatedEngine):
             self._stop_loop()
             raise
         self.dtype: torch.dtype = self._llm.model_config.dtype
-        # vLLM's tied models have no lm_head of their own (it skips the name when loading).
-        tied = bool(getattr(self._llm.model_config.hf_config.get_text_config(), "tie_word_embeddings", False))
-        self._skip_names = frozenset({"lm_head.weight"}) if tied else frozenset()
         self.bucket_bytes = int(bucket_bytes)
         self._buffer = SharedWeightBuffer(self.bucket_bytes)
 
@@ -338,8 +335,9 @@ class VLLMEngine(GatedEngine):
         with self.pause():
             self._rpc("ajet_begin_weight_update")
             try:
-                tensors = ((n, t) for n, t in named_tensors if n not in self._skip_names)
-                for bucket in self._buffer.fill(tensors, dtype=self.dtype):
+                # A tied lm_head is sent too: layerwise reload counts vLLM's lm_head layer as loaded
+                # only when its name arrives (skipping it left the old embedding in place).
+                for bucket in self._buffer.fill(named_tensors, dtype=self.dtype):
                     self._rpc("ajet_load_shared_weights", self._buffer.path, self._buffer.nbytes, [s.as_wire() for s in bucket])
             finally:
                 # Also after a failure: layers that received nothing get their old tensors back.

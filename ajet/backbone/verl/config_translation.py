@@ -242,7 +242,15 @@ def cpu_vllm_keys() -> dict[str, Any]:
                 "name": "vllm",
                 "dtype": "float32",  # as the FSDP2 actor computes on the CPU: rollout logprobs equal the trainer's
                 "enforce_eager": True,
-                "engine_kwargs": {"vllm": {"kv_cache_memory_bytes": CPU_VLLM_KV_CACHE_BYTES}},
+                "engine_kwargs": {
+                    "vllm": {
+                        "kv_cache_memory_bytes": CPU_VLLM_KV_CACHE_BYTES,
+                        # vLLM's CPU platform has no sleep mode and refuses the flag verl sets by
+                        # default (rollout.enable_sleep_mode, a field verl's YAML omits); the engine
+                        # kwargs win over it, and free_cache_engine: false never asks for sleep.
+                        "enable_sleep_mode": False,
+                    }
+                },
             }
         }
     }
