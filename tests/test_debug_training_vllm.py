@@ -24,7 +24,7 @@ CONF = "tutorial/example_math_agent/math_agent.yaml"
 # |trainer - engine| mean logprob gap on trained tokens when the engine serves the trainer's weights.
 SYNCED_GAP = 1e-3
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
 @pytest.fixture(scope="module")

