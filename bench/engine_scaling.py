@@ -23,6 +23,9 @@ process and its children, where vLLM's engine runs), min/median/max over `--repe
 starts a new policy version, so no engine reuses prompts cached by an earlier repeat (an episode's
 later turns still hit its own earlier ones).
 
+Per engine (hf, vllm): weight sync, the seconds of one full `update_weights` from a float32 copy of
+the weights (what the asynchronous schedule sends after each step), min/median/max of `--sync-repeats`.
+
 Also per method: start-up (model load + engine start, to the first generated token), time to first
 token (all episodes' first model calls submitted at once, one token each; first repeat only), memory (resident set of
 the process tree; for vllm, its engine process's), and the distance to the decode floor: one read of
@@ -245,6 +248,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["engine", "vllm", "padded"], choices=list(METHODS))
     parser.add_argument("--equal-lengths", action="store_true", help="same token budget for every call")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--sync-repeats", type=int, default=3, help="full weight updates timed per engine")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args()
 
@@ -357,6 +361,21 @@ def main() -> None:
                 f"{fmt_stats(record['tokens_per_cpu_s'])} tok/cpu-s, ttft {fmt_stats(record['ttft_s'], 2)} s",
                 flush=True,
             )
+    # Weight sync: a full update from a float32 copy (the dtype ajet's trainer keeps), as the
+    # asynchronous schedule sends after every step; hf copies into its model, vllm goes through
+    # VLLMEngine.update_weights (shared-memory buckets, layerwise reload).
+    weight_sync: dict[str, dict[str, float]] = {}
+    if engines and args.sync_repeats > 0:
+        trainer_state = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
+        for method, engine in engines.items():
+            times = []
+            for _ in range(args.sync_repeats):
+                t0 = time.perf_counter()
+                engine.update_weights(trainer_state.items(), version=engine.policy_version + 1)
+                times.append(time.perf_counter() - t0)
+            weight_sync[method] = summarize(times)
+            print(f"weight sync {method:<10} {fmt_stats(weight_sync[method], 3)} s", flush=True)
+        del trainer_state
     for engine in engines.values():
         engine.shutdown()
     engines.clear()
@@ -377,6 +396,7 @@ def main() -> None:
                 f"{speedup:.2f}x",
                 fmt_stats(r["ttft_s"], 2),
                 f"{r['startup_s']:.1f}",
+                fmt_stats(weight_sync[r["method"]], 2) if r["method"] in weight_sync else "-",
                 f"{r['memory_mb']:.0f}",
                 f"{100 * r['floor_share']:.0f}%" if "floor_share" in r else "-",
                 r["tokens"],
@@ -385,11 +405,12 @@ def main() -> None:
     print_table(
         f"rollout tokens/s: {args.model}, {args.dtype}, {args.turns} turn(s), max_new_tokens={args.max_new_tokens}, "
         f"{'equal' if args.equal_lengths else 'varied'} lengths, {args.repeats} repeats, load {os.getloadavg()[0]:.1f}",
-        ["episodes", "method", "tok/s", "tok/cpu-s", "vs TRL", "ttft s", "start s", "MiB", "% floor", "tokens"],
+        ["episodes", "method", "tok/s", "tok/cpu-s", "vs TRL", "ttft s", "start s", "sync s", "MiB", "% floor", "tokens"],
         rows,
     )
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    payload = {"env": environment(), "settings": settings, "decode_floor_s": floor_s, "results": results}
+    payload = {"env": environment(), "settings": settings, "decode_floor_s": floor_s, "results": results,
+               "weight_sync_s": weight_sync}
     print(f"wrote {write_results('engine_scaling', payload, args.out_dir)}")
 
 
