@@ -165,15 +165,27 @@ def test_edited_assistant_message_is_not_spliced():
     assert plan.prompt_ids == ChatRenderer(tok).render_ids(normalize_messages(messages), None, add_generation_prompt=True)
 
 
+class _TokenLevelRenderer(ChatRenderer):
+    """Claims the end token does not cut text, so plan_prompt takes its token-level path."""
+
+    def splits_at(self, token_id):
+        return None
+
+
 class _ShiftingRenderer(ChatRenderer):
     """A template whose render of a conversation is not a prefix of the render of a longer one."""
 
-    def render_ids(self, messages, tools, *, add_generation_prompt):
-        ids = super().render_ids(messages, tools, add_generation_prompt=add_generation_prompt)
-        return ids + [0] if not add_generation_prompt else ids
+    def render_text(self, messages, tools, *, add_generation_prompt):
+        text = super().render_text(messages, tools, add_generation_prompt=add_generation_prompt)
+        return text + "x" if not add_generation_prompt else text
 
 
-def test_render_that_does_not_line_up_falls_back_and_reports_a_miss():
+class _ShiftingTokenLevelRenderer(_ShiftingRenderer, _TokenLevelRenderer):
+    pass
+
+
+@pytest.mark.parametrize("renderer_cls", [_ShiftingRenderer, _ShiftingTokenLevelRenderer])
+def test_render_that_does_not_line_up_falls_back_and_reports_a_miss(renderer_cls):
     tok = tokenizer()
     end = end_of_turn_id(tok)
     renderer = ChatRenderer(tok)
@@ -181,9 +193,33 @@ def test_render_that_does_not_line_up_falls_back_and_reports_a_miss():
     prompt = renderer.render_ids(messages, None, add_generation_prompt=True)
     first = _call(prompt, tok.encode("Hello", add_special_tokens=False) + [end], messages=messages, assistant_message={"role": "assistant", "content": "Hello"})
     follow = normalize_messages([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}])
-    plan = plan_prompt([first], follow, None, _ShiftingRenderer(tok), end)
+    plan = plan_prompt([first], follow, None, renderer_cls(tok), end)
     assert plan.source is None and plan.miss == "render_not_prefix"
     assert plan.prompt_ids == renderer.render_ids(follow, None, add_generation_prompt=True)
+
+
+def test_text_level_splice_gives_the_token_level_ids():
+    """The fast path (encode only the text after the end token) equals the token-level rule."""
+    tok = tokenizer()
+    end = end_of_turn_id(tok)
+    assert ChatRenderer(tok).splits_at(end) == "<|im_end|>"
+    messages = [{"role": "system", "content": "You add."}, {"role": "user", "content": "What is 1+2+3?"}]
+    calls = []
+    for turn, reply in enumerate([tool_call_text("add", {"a": 1, "b": 2}, content=" Adding. "), tool_call_text("add", {"a": 3, "b": 3}), "It is 6.\n"]):
+        msgs = normalize_messages(messages)
+        fast = plan_prompt(calls, msgs, [ADD_TOOL], ChatRenderer(tok), end)
+        slow = plan_prompt(calls, msgs, [ADD_TOOL], _TokenLevelRenderer(tok), end)
+        assert fast == slow and (fast.source is not None) == (turn > 0)
+        sampled = _char_level_ids(tok, reply) + [end]  # non-canonical ids: only splicing keeps them
+        parsed = parse_tool_calls(reply)
+        assistant = {"role": "assistant", "content": parsed.content}
+        if parsed.tool_calls:
+            assistant["tool_calls"] = parsed.tool_calls
+        calls.append(_call(fast.prompt_ids, sampled, messages=msgs, tools=[ADD_TOOL], assistant_message=assistant))
+        messages.append(assistant)
+        for tc in parsed.tool_calls:
+            messages.append({"role": "tool", "tool_call_id": tc["id"], "content": "3\n"})
+    assert calls[2].prompt_ids[: len(calls[1].prompt_ids)] == calls[1].prompt_ids
 
 
 # -- drift check -----------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ class RolloutConfig(Section):
     tensor_model_parallel_size: PositiveInt
     gpu_memory_utilization: float = Field(gt=0.0, le=1.0)
     proxy_host: str = Field(min_length=1)
+    proxy_max_inflight: PositiveInt
     multi_turn: MultiTurnConfig
     val_kwargs: ValKwargsConfig
 

@@ -72,7 +72,8 @@ def error_body(message: str, *, type_: str = "invalid_request_error", code: str 
 
 def openai_error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """OpenAI's error object for an HTTP status (the SDK picks its exception class by the status)."""
-    return error_body(message, type_="server_error" if status >= 500 else "invalid_request_error", code=code, param=param)
+    type_ = "server_error" if status >= 500 else "rate_limit_error" if status == 429 else "invalid_request_error"
+    return error_body(message, type_=type_, code=code, param=param)
 
 
 def _logprobs_field(token_logprobs: list[tuple[str, float]] | None, top_n: int) -> dict[str, Any] | None:

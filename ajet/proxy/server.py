@@ -30,38 +30,78 @@ Policies (tested in tests/test_proxy.py):
   are accepted, and the model decides (nothing forces a call).
 - `n > 1`: n independent engine requests; each choice is recorded as its own call (its own branch).
 - Missing or unknown api key: 401 with an error body in the request's protocol.
+- Back-pressure: at most `max_inflight` requests are held at once (engine queue included); more get
+  429 with Retry-After (see ajet.proxy.admission), which the OpenAI and Anthropic SDKs wait out and
+  re-send. Every protocol's requests count against the one bound.
+- Closing an episode while one of its requests is in flight cancels that request's generation and
+  answers it 410 (`episode_closed`, in the request's protocol); nothing is recorded into a tracker
+  after `close_episode`.
+
+The thread and route contract: uvicorn serves `asgi` (ajet.proxy.http.FastRoutes) on the proxy's own
+thread and event loop. The model endpoints are bytes-in/bytes-out routes there, each one
+`_serve(request, protocol)`; everything else (`GET /v1/models`, 404s, routes added to `app`) falls
+through to the FastAPI app. Everything runs on that loop, rendering included: it holds the GIL
+either way, and a hop to a thread pool per request cost more CPU than the render itself. Only
+`open_episode`, `close_episode` and `episode` are called from other threads (under `_lock`).
+A new wire protocol is a WireProtocol (ajet.proxy.protocol) served with `add_protocol(path, protocol)`;
+it gets authentication, admission, close-in-flight and recording for free.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import logging
 import secrets
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from fastapi import FastAPI
 
 from ajet.config.schema import RolloutConfig
 from ajet.engine.base import Completion, Engine, SamplingParams
+from ajet.proxy.admission import InflightLimit
 from ajet.proxy.anthropic_format import ANTHROPIC_MESSAGES
+from ajet.proxy.http import FastRoutes, HTTPRequest, HTTPResponse, json_response
 from ajet.proxy.openai_format import CHAT_COMPLETIONS, ChatCompletionRequest, ChoiceResult
-from ajet.proxy.protocol import CompletionResult, ProtocolError, ProtocolState, WireProtocol
+from ajet.proxy.protocol import CompletionResult, ProtocolError, ProtocolState, WireProtocol, WireRequest
 from ajet.proxy.responses_format import RESPONSES
 from ajet.proxy.tool_parser import ParsedReply, parse_tool_calls
 from ajet.tracker.call import LLMCall
 from ajet.tracker.episode import EpisodeTracker
 from ajet.tracker.limits import EpisodeLimits
 from ajet.tracker.render import ChatRenderer, end_of_turn_id, normalize_messages
-from ajet.tracker.splice import PromptPlan
 
 logger = logging.getLogger(__name__)
+
+
+class ProxyError(Exception):
+    """A request the pipeline refuses: the HTTP status, a message, OpenAI's `code` / `param`, and
+    extra headers (Retry-After on 429). `_serve` answers it in the request's protocol's error shape
+    (`WireProtocol.error_body`)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or []
 
 
 @dataclass
@@ -76,10 +116,25 @@ class EpisodeHandle:
     limits: EpisodeLimits
     # What a protocol keeps between calls of this episode (stored Responses for previous_response_id).
     protocol_state: ProtocolState = field(default_factory=dict)
+    # Set by close_episode (under _lock); requests then record nothing and answer 410.
+    closed: bool = field(default=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Tasks (on the proxy loop) awaiting the engine for this episode; close_episode cancels them.
+    _waiting: set[asyncio.Task] = field(default_factory=set, repr=False, compare=False)
+
+
+@dataclass
+class ChatResult:
+    """The engine's answer to one chat request, recorded in the episode's tracker, ready to format."""
+
+    handle: EpisodeHandle
+    choices: list[ChoiceResult]
+    prompt_tokens: int
+    completion_tokens: int
 
 
 class ProxyServer:
-    """FastAPI app served by uvicorn on its own thread (see module docstring for the policies)."""
+    """The proxy's ASGI app (ajet.proxy.http) served by uvicorn on its own thread (see module docstring)."""
 
     def __init__(
         self,
@@ -91,7 +146,17 @@ class ProxyServer:
         model_name: str = "ajet",
         allow_request_sampling_override: bool = False,
         disable_tool_calls: bool = False,
+        max_inflight: int | None = None,
+        freeze_gc: bool = False,
     ) -> None:
+        """`max_inflight`: requests held at once, None for no bound (the config's
+        `rollout.proxy_max_inflight` through from_config), see ajet.proxy.admission.
+
+        `freeze_gc`: on start(), collect once and move every object then alive (modules, model,
+        tokenizer) out of the cyclic collector's view (`gc.freeze`, as vLLM and SGLang do after
+        startup). Each full collection otherwise rescans them all while holding the GIL, stalling
+        every request; from_config (the backbones' path) turns it on. Process-wide, so off by default.
+        """
         self.engine = engine
         self.tokenizer = tokenizer
         self.host = host
@@ -103,17 +168,33 @@ class ProxyServer:
         self._episodes: dict[str, EpisodeHandle] = {}
         self._lock = threading.Lock()
         # One render at a time: a Rust-backed fast tokenizer shared across threads can fail with
-        # "Already borrowed", and jinja rendering holds the GIL anyway, so nothing is lost.
+        # "Already borrowed" (the runner's threads render too, for the drift check).
         self._render_lock = threading.Lock()
         self._end_id = end_of_turn_id(tokenizer)
         self._stop_ids = sorted({self._end_id} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+        self.admission = InflightLimit(max_inflight)
+        self.freeze_gc = freeze_gc
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # `app` stays a FastAPI app (GET /v1/models; routes added with its decorators work, on its
+        # slower path); `asgi` is what uvicorn serves: the model endpoints, then `app`.
         self.app = self._build_app()
+        self.asgi = FastRoutes(self.app)
+        self.add_protocol("/v1/chat/completions", CHAT_COMPLETIONS)
+        self.add_protocol("/v1/responses", RESPONSES)
+        # The anthropic client appends /v1/messages to its base URL: the tuner hands it the URL
+        # without /v1, and one given the OpenAI-style URL (ending in /v1) still lands here.
+        for prefix in ("/v1", "/v1/v1"):
+            self.add_protocol(prefix + "/messages", ANTHROPIC_MESSAGES)
+            self.add_route("POST", prefix + "/messages/count_tokens", self._count_tokens)
 
     @classmethod
     def from_config(cls, engine: Engine, tokenizer: Any, rollout: RolloutConfig, **kwargs: Any) -> ProxyServer:
-        """A proxy with the `ajet.rollout` policies: allow_request_sampling_override, force_disable_toolcalls."""
+        """A proxy with the `ajet.rollout` policies (allow_request_sampling_override,
+        force_disable_toolcalls, proxy_max_inflight) and the startup heap frozen (freeze_gc)."""
+        kwargs.setdefault("max_inflight", rollout.proxy_max_inflight)
+        kwargs.setdefault("freeze_gc", True)
         return cls(
             engine,
             tokenizer,
@@ -122,13 +203,39 @@ class ProxyServer:
             **kwargs,
         )
 
+    def add_route(self, method: str, path: str, endpoint: Callable[[HTTPRequest], Awaitable[HTTPResponse]]) -> None:
+        """Serve `method path` with `endpoint`: `async (HTTPRequest) -> HTTPResponse`, on the proxy loop."""
+        self.asgi.add(method, path, endpoint)
+
+    def add_protocol(self, path: str, protocol: WireProtocol) -> None:
+        """Serve `POST path` in `protocol` through the one pipeline (`_serve`): authentication,
+        admission (429), close in flight (410) and recording, as for the built-in protocols."""
+
+        async def endpoint(request: HTTPRequest) -> HTTPResponse:
+            return await self._serve(request, protocol)
+
+        self.add_route("POST", path, endpoint)
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> str:
         """Serve on a background thread; returns the base url ("http://host:port/v1")."""
         if self._server is not None:
             return self.base_url
-        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off")
+        if self.freeze_gc:
+            gc.collect()  # what is garbage now would otherwise stay frozen for good
+            gc.freeze()
+        config = uvicorn.Config(
+            self.asgi,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            # Agents connect directly: no X-Forwarded-* rewriting, no Server header.
+            proxy_headers=False,
+            server_header=False,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="ajet-proxy", daemon=True)
         self._thread.start()
@@ -137,7 +244,9 @@ class ProxyServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"ajet proxy failed to start on {self.host}:{self.port}")
             time.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
+        listener = self._server.servers[0]
+        self._loop = listener.get_loop()
+        port = listener.sockets[0].getsockname()[1]
         self.base_url = f"http://{self.host}:{port}/v1"
         logger.info("ajet proxy serving at %s", self.base_url)
         return self.base_url
@@ -150,6 +259,7 @@ class ProxyServer:
             self._thread.join(timeout=10)
         self._server = None
         self._thread = None
+        self._loop = None
 
     # -- episodes -------------------------------------------------------------------------------
 
@@ -175,9 +285,20 @@ class ProxyServer:
         return handle
 
     def close_episode(self, api_key: str) -> EpisodeTracker:
-        """Stop serving the episode (its key gets 401 from now on) and return its tracker."""
+        """Stop serving the episode and return its tracker (from any thread).
+
+        Its key gets 401 from now on; a request of it still waiting for the engine is cancelled and
+        answered 410, and no call is recorded into the tracker after this returns.
+        """
         with self._lock:
             handle = self._episodes.pop(api_key)
+        with handle._lock:
+            handle.closed = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # RuntimeError: the loop closed in between, so nothing is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_cancel_waiting, handle)
         return handle.tracker
 
     def episode(self, api_key: str) -> EpisodeHandle | None:
@@ -193,121 +314,132 @@ class ProxyServer:
         async def list_models() -> dict[str, Any]:
             return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0, "owned_by": "ajet"}]}
 
-        @app.post("/v1/chat/completions")
-        async def chat_completions(request: Request) -> Response:
-            return await self._serve(request, CHAT_COMPLETIONS)
-
-        @app.post("/v1/responses")
-        async def responses(request: Request) -> Response:
-            return await self._serve(request, RESPONSES)
-
-        # The anthropic client appends /v1/messages to its base URL: the tuner hands it the URL
-        # without /v1, and one given the OpenAI-style URL (ending in /v1) still lands here.
-        async def messages(request: Request) -> Response:
-            return await self._serve(request, ANTHROPIC_MESSAGES)
-
-        async def count_tokens(request: Request) -> Response:
-            return await self._count_tokens(request)
-
-        for prefix in ("/v1", "/v1/v1"):
-            app.add_api_route(prefix + "/messages", messages, methods=["POST"])
-            app.add_api_route(prefix + "/messages/count_tokens", count_tokens, methods=["POST"])
-
         return app
 
-    async def _serve(self, request: Request, protocol: WireProtocol) -> Response:
-        """The one pipeline behind every endpoint: authenticate the episode, translate the request
-        (ajet.proxy.protocol), complete it (`_complete`: render + splice, engine, record), reply in
-        the request's protocol. Every error goes out in that protocol's shape."""
-
-        def error(status: int, message: str, **kw: Any) -> JSONResponse:
-            return JSONResponse(protocol.error_body(status, message, **kw), status_code=status)
-
-        handle = self._authenticate(request)
-        if handle is None:
-            return error(401, "Invalid or missing API key: it must be an open ajet episode's key.", code="invalid_api_key")
+    async def _serve(self, request: HTTPRequest, protocol: WireProtocol) -> HTTPResponse:
+        """The one pipeline behind every model endpoint: authenticate the episode, translate the
+        request (ajet.proxy.protocol), `run_chat` (admission, render + splice, engine, record),
+        reply in the request's protocol. Every error goes out in that protocol's shape."""
         try:
-            wire = protocol.parse(await request.json(), handle.protocol_state)
-        except ProtocolError as exc:
-            return error(exc.status, exc.message, param=exc.param, code=exc.code)
-        except (ValueError, ValidationError) as exc:
-            return error(400, f"Invalid request: {exc}")
-        try:
-            choices, prompt_len = await self._complete(handle, wire.chat)
-        except Exception as exc:  # the agent gets a 500 in its SDK's shape instead of a dropped socket
-            logger.exception("episode %s: generation failed", handle.episode_id)
-            return error(500, f"generation failed: {exc}")
-        completion_tokens = sum(c.extra.get("num_tokens", 0) for c in choices)
-        result = CompletionResult(choices, prompt_len, completion_tokens, self.model_name)
-        body = protocol.reply(wire, result, handle.protocol_state)
+            handle = self.authenticate(request_key(request))
+            wire = _parse(protocol, request.body, handle.protocol_state)
+            result = await self.run_chat(handle, wire.chat)
+        except ProxyError as exc:
+            return _error_response(protocol, exc)
+        done = CompletionResult(result.choices, result.prompt_tokens, result.completion_tokens, self.model_name)
+        body = protocol.reply(wire, done, handle.protocol_state)
         if isinstance(body, dict):
-            return JSONResponse(body)
-        return StreamingResponse(body, media_type="text/event-stream")
+            return json_response(body)
+        # The engine returns whole completions: every event is ready, so they go out as one body.
+        return HTTPResponse(body="".join(body).encode("utf-8"), content_type="text/event-stream")
 
-    async def _count_tokens(self, request: Request) -> Response:
+    async def _count_tokens(self, request: HTTPRequest) -> HTTPResponse:
         """Anthropic's `POST /v1/messages/count_tokens`: the length of the request's template render
         (what a first call would send; a spliced continuation can differ by a few tokens)."""
         protocol = ANTHROPIC_MESSAGES
-
-        def error(status: int, message: str) -> JSONResponse:
-            return JSONResponse(protocol.error_body(status, message), status_code=status)
-
-        if self._authenticate(request) is None:
-            return error(401, "Invalid or missing API key: it must be an open ajet episode's key.")
         try:
-            messages, tools = protocol.parse_count_tokens(await request.json())
-        except ProtocolError as exc:
-            return error(exc.status, exc.message)
-        except (ValueError, ValidationError) as exc:
-            return error(400, f"Invalid request: {exc}")
-        ids = await asyncio.to_thread(self._render_ids, normalize_messages(messages), None if self.disable_tool_calls else tools)
-        return JSONResponse({"input_tokens": len(ids)})
+            self.authenticate(request_key(request))
+            try:
+                messages, tools = protocol.parse_count_tokens(pydantic_core.from_json(request.body))
+            except ProtocolError as exc:
+                raise ProxyError(exc.status, exc.message) from None
+            except ValueError as exc:  # bad JSON, or pydantic's ValidationError (a ValueError)
+                raise ProxyError(400, f"Invalid request: {exc}") from None
+        except ProxyError as exc:
+            return _error_response(protocol, exc)
+        with self._render_lock:
+            ids = ChatRenderer(self.tokenizer).render_ids(
+                normalize_messages(messages), None if self.disable_tool_calls else tools, add_generation_prompt=True
+            )
+        return json_response({"input_tokens": len(ids)})
 
-    def _authenticate(self, request: Request) -> EpisodeHandle | None:
-        """The episode whose key the request carries: `Authorization: Bearer <key>` (OpenAI clients,
-        which take precedence) or `x-api-key: <key>` (Anthropic clients)."""
-        auth = request.headers.get("authorization", "")
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() == "bearer" and key.strip():
-            return self.episode(key.strip())
-        key = request.headers.get("x-api-key", "").strip()
-        return self.episode(key) if key else None
+    # -- the pipeline ---------------------------------------------------------------------------
 
-    # -- one request ----------------------------------------------------------------------------
+    def authenticate(self, api_key: str | None) -> EpisodeHandle:
+        """The open episode with this key, else ProxyError 401."""
+        handle = self.episode(api_key) if api_key else None
+        if handle is None:
+            raise ProxyError(401, "Invalid or missing API key: it must be an open ajet episode's key.", code="invalid_api_key")
+        return handle
 
-    async def _complete(self, handle: EpisodeHandle, req: ChatCompletionRequest) -> tuple[list[ChoiceResult], int]:
+    async def run_chat(self, handle: EpisodeHandle, req: ChatCompletionRequest) -> ChatResult:
+        """Admit the request (ProxyError 429 with Retry-After past max_inflight), then complete it.
+        Call it on the proxy loop (from an endpoint)."""
+        started = self.admission.try_enter()
+        if started is None:
+            retry = self.admission.retry_after()
+            raise ProxyError(
+                429,
+                f"The proxy is holding {self.admission.inflight} requests (its max_inflight); retry in {retry.seconds:.2f} s.",
+                code="proxy_overloaded",
+                headers=retry.headers(),
+            )
+        try:
+            return await self.complete_chat(handle, req)
+        finally:
+            self.admission.exit(started)
+
+    async def complete_chat(self, handle: EpisodeHandle, req: ChatCompletionRequest) -> ChatResult:
+        """normalise -> render/splice -> engine -> record, for an authenticated, admitted request.
+
+        Raises ProxyError: 400 (no messages), 410 (the episode was closed meanwhile), 500 (engine).
+        """
+        if not req.messages:
+            raise ProxyError(400, "messages must not be empty", param="messages")
         tracker, limits = handle.tracker, handle.limits
         n = max(1, req.n or 1)
         turn = tracker.begin_turn(limits.max_turns)
         if turn is None:
-            return [_empty_length_choice()] * n, 0
+            return ChatResult(handle, [_empty_length_choice()] * n, 0, 0)
 
         messages = normalize_messages(req.messages)
         offer_tools = req.tools and req.tool_choice != "none" and not self.disable_tool_calls
         tools = req.tools if offer_tools else None
-        # Rendering is CPU work (jinja + tokenizer); off the event loop so other episodes keep flowing.
-        plan = await asyncio.to_thread(self._prepare_prompt, tracker, messages, tools)
+        with self._render_lock:
+            plan = tracker.prepare_prompt(messages, tools)
         prompt_len = len(plan.prompt_ids)
         params = self._sampling_for(handle, req, prompt_len)
         if (limits.max_prompt_tokens is not None and prompt_len > limits.max_prompt_tokens) or params.max_tokens <= 0:
             tracker.count("prompt_limit_hits")
-            return [_empty_length_choice()] * n, prompt_len
+            return ChatResult(handle, [_empty_length_choice()] * n, prompt_len, 0)
 
-        per_choice = [params if n == 1 or params.seed is None else dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
-        completions = await asyncio.gather(*(self.engine.generate(list(plan.prompt_ids), p) for p in per_choice))
+        completions = await self._generate(handle, plan.prompt_ids, params, n)
+        built = [self._to_choice(c, req, plan.prompt_ids, messages, tools, turn, plan.source is not None) for c in completions]
+        with handle._lock:
+            if handle.closed:
+                raise _closed_error(handle)
+            for _, call in built:
+                tracker.record(call)
+        choices = [choice for choice, _ in built]
+        return ChatResult(handle, choices, prompt_len, sum(c.extra.get("num_tokens", 0) for c in choices))
 
-        choices = []
-        for completion in completions:
-            choice, call = self._to_choice(completion, req, plan.prompt_ids, messages, tools, turn, plan.source is not None)
-            tracker.record(call)
-            choices.append(choice)
-        return choices, prompt_len
-
-    def _prepare_prompt(
-        self, tracker: EpisodeTracker, messages: list[dict[str, Any]], tools: list[dict] | None
-    ) -> PromptPlan:
-        with self._render_lock:
-            return tracker.prepare_prompt(messages, tools)
+    async def _generate(self, handle: EpisodeHandle, prompt_ids: list[int], params: SamplingParams, n: int) -> list[Completion]:
+        """n engine requests; cancelled (ProxyError 410) when the episode is closed meanwhile."""
+        if handle.closed:
+            raise _closed_error(handle)
+        task = asyncio.current_task()
+        if task is not None:
+            handle._waiting.add(task)
+        try:
+            if n == 1:
+                return [await self.engine.generate(list(prompt_ids), params)]
+            per_choice = [params if params.seed is None else dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
+            return list(await asyncio.gather(*(self.engine.generate(list(prompt_ids), p) for p in per_choice)))
+        except asyncio.CancelledError:
+            if not handle.closed or task is None:
+                raise
+            # Our own cancellation (close_episode): answer the request instead of ending its task.
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            raise _closed_error(handle) from None
+        except ProxyError:
+            raise
+        except Exception as exc:  # the agent gets an OpenAI-style 500 instead of a dropped socket
+            logger.exception("episode %s: generation failed", handle.episode_id)
+            raise ProxyError(500, f"generation failed: {exc}") from exc
+        finally:
+            if task is not None:
+                handle._waiting.discard(task)
 
     def _render_ids(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> list[int]:
         with self._render_lock:
@@ -379,6 +511,40 @@ class ProxyServer:
             spliced=spliced,
         )
         return ChoiceResult(message, finish_reason, token_logprobs, extra={"num_tokens": len(ids)}), call
+
+
+def request_key(request: HTTPRequest) -> str | None:
+    """The episode key a request carries: `Authorization: Bearer <key>` (OpenAI clients, which take
+    precedence) or `x-api-key: <key>` (Anthropic clients); None when it carries neither."""
+    scheme, _, key = (request.header("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        return key.strip()
+    return (request.header("x-api-key") or "").strip() or None
+
+
+def _parse(protocol: WireProtocol, body: bytes, state: ProtocolState) -> WireRequest:
+    """`protocol.parse` of a JSON body; what it refuses as ProxyError (400 unless it says otherwise)."""
+    try:
+        return protocol.parse(pydantic_core.from_json(body), state)
+    except ProtocolError as exc:
+        raise ProxyError(exc.status, exc.message, param=exc.param, code=exc.code) from None
+    except ValueError as exc:  # bad JSON, or pydantic's ValidationError (a ValueError)
+        raise ProxyError(400, f"Invalid request: {exc}") from None
+
+
+def _error_response(protocol: WireProtocol, exc: ProxyError) -> HTTPResponse:
+    body = protocol.error_body(exc.status, exc.message, param=exc.param, code=exc.code)
+    return json_response(body, exc.status, list(exc.headers))
+
+
+def _closed_error(handle: EpisodeHandle) -> ProxyError:
+    return ProxyError(410, f"episode {handle.episode_id} was closed while this request was in flight", code="episode_closed")
+
+
+def _cancel_waiting(handle: EpisodeHandle) -> None:
+    """On the proxy loop: cancel the episode's requests waiting for the engine (close_episode)."""
+    for task in list(handle._waiting):
+        task.cancel()
 
 
 def _empty_length_choice() -> ChoiceResult:

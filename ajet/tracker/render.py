@@ -9,6 +9,7 @@ conversation compare equal.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 Message = dict[str, Any]
@@ -81,10 +82,13 @@ class ChatRenderer:
 
     Renders text first and encodes it without adding special tokens: the template already wrote
     them, and `apply_chat_template(tokenize=True)` changed return type across transformers versions.
+    Encoding goes straight to the Rust backend of a fast tokenizer (the same ids as
+    `tokenizer.encode`, without transformers' per-call Python wrapping).
     """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
 
     def render_text(self, messages: list[Message], tools: list[dict] | None, *, add_generation_prompt: bool) -> str:
         kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
@@ -92,9 +96,38 @@ class ChatRenderer:
             kwargs["tools"] = tools
         return self.tokenizer.apply_chat_template(messages, **kwargs)
 
-    def render_ids(self, messages: list[Message], tools: list[dict] | None, *, add_generation_prompt: bool) -> list[int]:
-        text = self.render_text(messages, tools, add_generation_prompt=add_generation_prompt)
+    def encode(self, text: str) -> list[int]:
+        if self._backend is not None:
+            return self._backend.encode(text, add_special_tokens=False).ids
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def render_ids(self, messages: list[Message], tools: list[dict] | None, *, add_generation_prompt: bool) -> list[int]:
+        return self.encode(self.render_text(messages, tools, add_generation_prompt=add_generation_prompt))
+
+    def splits_at(self, token_id: int) -> str | None:
+        """The text of `token_id` if the tokenizer always cuts text at it, else None.
+
+        True of special (added, non-stripping) tokens such as `<|im_end|>`: encode(a + t + b) ==
+        encode(a) + [id] + encode(b), so the tokens after it can be encoded on their own.
+        """
+        return _splits_at(self.tokenizer, token_id)
+
+
+# tokenizer -> {token id: splits_at result}; weak, so a dropped tokenizer's entry goes with it.
+_SPLIT_CACHE: weakref.WeakKeyDictionary[Any, dict[int, str | None]] = weakref.WeakKeyDictionary()
+
+
+def _splits_at(tokenizer: Any, token_id: int) -> str | None:
+    known = _SPLIT_CACHE.setdefault(tokenizer, {})
+    if token_id not in known:
+        text = tokenizer.convert_ids_to_tokens(token_id)
+        encode = ChatRenderer(tokenizer).encode
+        # Probes around the token: text before and after it, with and without spaces and newlines
+        # (a token that strips neighbouring whitespace, or merges with it, fails one of them).
+        known[token_id] = text if isinstance(text, str) and all(
+            encode(a + text + b) == encode(a) + [token_id] + encode(b) for a, b in (("x", "\ny"), ("a ", " b"), ("1\n", "\n\n2"))
+        ) else None
+    return known[token_id]
 
 
 def end_of_turn_id(tokenizer: Any, token: str = "<|im_end|>") -> int:

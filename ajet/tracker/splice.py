@@ -19,6 +19,12 @@ The rule, for a request with normalised messages M:
        + P[after its last end token]            (e.g. the "\n" after <|im_end|>)
        + F[len(P):]                             (tool/user turns, then the generation prompt)
 3. Otherwise the plain render F is used and the miss is reported (a new sample starts there).
+
+How (same ids, less work): when the tokenizer always cuts text at the end token (a special token,
+see ChatRenderer.splits_at), encode(F) is encode(F's text up to its end token) + [end] + encode(the
+rest), so the two renders are compared as text and only the text after the assistant turn's end
+token is encoded: one short encode per request instead of two of the whole conversation, which grew
+with every turn. Other tokenizers take the token-level path spelled out above.
 """
 
 from __future__ import annotations
@@ -66,24 +72,36 @@ def plan_prompt(
     end_token_id: int,
 ) -> PromptPlan:
     """Prompt ids for `messages` (already normalised), spliced onto earlier sampled tokens if possible."""
-    full = renderer.render_ids(messages, tools, add_generation_prompt=True)
     parent_index = find_parent_call(calls, messages, tools)
+    full_text = renderer.render_text(messages, tools, add_generation_prompt=True)
     if parent_index is None:
-        return PromptPlan(full)
+        return PromptPlan(renderer.encode(full_text))
 
     parent = calls[parent_index]
     k = len(parent.messages)
-    through_turn = renderer.render_ids(messages[: k + 1], tools, add_generation_prompt=False)
-    if full[: len(through_turn)] != through_turn:
-        return PromptPlan(full, miss="render_not_prefix")
-    try:
-        end_pos = len(through_turn) - 1 - through_turn[::-1].index(end_token_id)
-    except ValueError:
-        return PromptPlan(full, miss="no_end_token")
+    through_text = renderer.render_text(messages[: k + 1], tools, add_generation_prompt=False)
+    end_text = renderer.splits_at(end_token_id)
+    if end_text is not None:
+        if not full_text.startswith(through_text):
+            return PromptPlan(renderer.encode(full_text), miss="render_not_prefix")
+        cut = through_text.rfind(end_text)
+        if cut < 0:
+            return PromptPlan(renderer.encode(full_text), miss="no_end_token")
+        # = through_turn[end_pos + 1:] + full[len(through_turn):] of the token-level path below.
+        after_turn = renderer.encode(full_text[cut + len(end_text) :])
+    else:
+        full = renderer.encode(full_text)
+        through_turn = renderer.encode(through_text)
+        if full[: len(through_turn)] != through_turn:
+            return PromptPlan(full, miss="render_not_prefix")
+        try:
+            end_pos = len(through_turn) - 1 - through_turn[::-1].index(end_token_id)
+        except ValueError:
+            return PromptPlan(full, miss="no_end_token")
+        after_turn = through_turn[end_pos + 1 :] + full[len(through_turn) :]
 
     sampled = list(parent.prompt_ids) + list(parent.response_ids)
     if not parent.response_ids or parent.response_ids[-1] != end_token_id:
         # The reply was cut (max_tokens) before its end token; the template closes the turn.
         sampled.append(end_token_id)
-    prompt_ids = sampled + through_turn[end_pos + 1 :] + full[len(through_turn) :]
-    return PromptPlan(prompt_ids, source=parent_index)
+    return PromptPlan(sampled + after_turn, source=parent_index)
