@@ -62,18 +62,21 @@ def paths(tmp_path: Path, has_validation: bool = False) -> TrinityPaths:
 
 
 def test_translation_of_the_math_agent_yaml(tmp_path):
-    t = translate_config(math_cfg(), paths(tmp_path), environ={})
+    cfg = math_cfg()
+    t = translate_config(cfg, paths(tmp_path), environ={})
 
     assert t["mode"] == "colocate"  # one node, one GPU (the default): explorer and trainer share it
     assert (t["project"], t["name"]) == ("example_math_agent", "math_agent")
     assert t["cluster"] == {"node_num": 1, "gpu_per_node": 1}
     assert t["model"]["model_path"] == "/models/m"
-    assert t["model"]["max_response_tokens"] == 160  # per model call, as the proxy caps turns
+    # per model call, as the proxy caps turns
+    assert t["model"]["max_response_tokens"] == cfg.rollout.max_response_length_in_one_turn
     a = t["algorithm"]
     assert a["algorithm_type"] == "multi_step_grpo" and a["repeat_times"] == 4
     assert a["policy_loss_fn_args"]["clip_range_low"] == 0.2 and a["policy_loss_fn_args"]["clip_range_high"] == 0.28
-    assert a["kl_loss_fn"] == "none" and a["optimizer"]["lr"] == 1e-6
-    assert t["buffer"]["batch_size"] == 2 and t["buffer"]["total_steps"] == 3
+    assert a["kl_loss_fn"] == "none" and a["optimizer"]["lr"] == cfg.trainer_common.optim.lr
+    assert t["buffer"]["batch_size"] == cfg.data.train_batch_size
+    assert t["buffer"]["total_steps"] == cfg.trainer_common.total_training_steps
     taskset = t["buffer"]["explorer_input"]["taskset"]
     assert taskset["default_workflow_type"] == WORKFLOW_TYPE == "ajet.backbone.trinity.workflow.AjetTrinityWorkflow"
     assert taskset["path"] == str(tmp_path / "tasks") and taskset["split"] == "train"
@@ -82,7 +85,8 @@ def test_translation_of_the_math_agent_yaml(tmp_path):
     rm = t["explorer"]["rollout_model"]
     assert rm["enable_openai_api"] is True and rm["enable_history"] is False and rm["engine_num"] == 1
     assert t["explorer"]["max_retry_times"] == 0 and t["explorer"]["concurrent_mode"] == "asynchronous"
-    assert t["explorer"]["runner_per_model"] == 2  # 8 concurrent episodes / 4 per task
+    # concurrent episodes / episodes per task
+    assert t["explorer"]["runner_per_model"] == cfg.rollout.max_env_worker // cfg.rollout.num_repeat
     assert t["monitor"] == {"monitor_type": "tensorboard"}  # SwanLab needs SWANLAB_API_KEY in Trinity
     assert translate_config(math_cfg(), paths(tmp_path), environ={"SWANLAB_API_KEY": "k"})["monitor"] == {"monitor_type": "swanlab"}
 
@@ -337,7 +341,8 @@ async def test_trinitys_reader_and_registry_hand_tasks_to_the_ajet_workflow(tmp_
     from ajet.backbone.trinity.workflow import AjetTrinityWorkflow
 
     assert WORKFLOWS.get(WORKFLOW_TYPE) is AjetTrinityWorkflow
-    prepared = launch.prepare_run(trinity_cfg(tmp_path), tmp_path / "run")
+    cfg = trinity_cfg(tmp_path)
+    prepared = launch.prepare_run(cfg, tmp_path / "run")
     tasks = await get_buffer_reader(prepared.config.buffer.explorer_input.tasksets[0]).read()
     assert len(tasks) == 2 and all(t.workflow is AjetTrinityWorkflow for t in tasks)
     assert {task_from_row(t.raw_task).main_query for t in tasks} == {"What is 40 + 2?", "What is 1 + 1?"}
@@ -369,7 +374,8 @@ async def test_the_trinity_workflow_plays_one_ajet_episode_into_experiences_toke
 
     from ajet.backbone.trinity.workflow import close_worker_contexts
 
-    prepared = launch.prepare_run(trinity_cfg(tmp_path), tmp_path / "run")
+    cfg = trinity_cfg(tmp_path)
+    prepared = launch.prepare_run(cfg, tmp_path / "run")
     tasks = await get_buffer_reader(prepared.config.buffer.explorer_input.tasksets[0]).read()
     task = next(t for t in tasks if "40 + 2" in task_from_row(t.raw_task).main_query)
     tok = tokenizer()
@@ -395,7 +401,9 @@ async def test_the_trinity_workflow_plays_one_ajet_episode_into_experiences_toke
     assert exp.logprobs.tolist() == pytest.approx(expected_lp)
     assert exp.reward == 1.5  # right answer + one tool call seen in the turns
     assert exp.eid.step == 0 and exp.metrics["ajet/tool_calls"] == 1.0 and exp.metrics["ajet/turns"] == 2.0
-    assert requests[0]["temperature"] == 0.9 and requests[0]["max_tokens"] <= 160
+    rollout = cfg.rollout
+    assert requests[0]["temperature"] == rollout.temperature
+    assert requests[0]["max_tokens"] <= rollout.max_response_length_in_one_turn
 
     batch = to_data_proto([exp], pad_token_id=tok.pad_token_id or 0, model=object(), logger=None)
     assert batch.batch["responses"][0].tolist() == exp.tokens[exp.prompt_length:].tolist()

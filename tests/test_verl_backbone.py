@@ -293,7 +293,12 @@ def test_ajets_policy_losses_compute_what_verls_compute_with_the_translated_acto
 def test_dynamic_sampling_selects_verls_v1_group_filter(max_staleness, trainer_mode):
     from omegaconf import OmegaConf
 
-    cfg = math_cfg("trainer_common.algorithm.filter_groups.enable=true", f"trainer_common.async.max_staleness={max_staleness}")
+    # lora_rank=0: with LoRA, verl's validate_config imports its vLLM rollout, which needs vLLM installed.
+    cfg = math_cfg(
+        "trainer_common.algorithm.filter_groups.enable=true",
+        f"trainer_common.async.max_staleness={max_staleness}",
+        "lora.lora_rank=0",
+    )
     composed, algo, _ = _composed_algorithm(cfg)
     assert OmegaConf.select(composed, "trainer.use_v1") is True and composed.trainer.v1.trainer_mode == trainer_mode
     assert algo.filter_groups.enable and algo.filter_groups.metric == "reward"
@@ -976,6 +981,7 @@ def test_prepare_run_writes_what_verl_reads(tmp_path):
 
     train = _write_gsm8k_like(tmp_path / "train.jsonl", [("1+1?", "2"), ("2+3?", "5")])
     cfg = math_cfg(
+        "lora.lora_rank=0",  # with LoRA, verl's validate_config imports its vLLM rollout (needs vLLM)
         "task_reader.type=dataset_file",
         f"task_reader.dataset_file.training.file_path={train}",
         "data.shuffle=false",

@@ -75,13 +75,15 @@ def test_verls_vllm_replica_is_replaced_by_one_whose_servers_load_weights_the_cp
 
 
 def test_translation_picks_verls_vllm_rollout_on_the_cpu_only_for_engine_vllm():
-    cfg = load_config(MATH_YAML, ["model.path=builtin:tiny-qwen2-random", "trainer_common.n_gpus_per_node=0", "rollout.engine=vllm"])
+    # lora_rank=0: the CPU rollouts sync full weights only (translate_config refuses LoRA there).
+    cpu = ["model.path=builtin:tiny-qwen2-random", "trainer_common.n_gpus_per_node=0", "lora.lora_rank=0"]
+    cfg = load_config(MATH_YAML, [*cpu, "rollout.engine=vllm"])
     rollout = compose_verl_config(translate_config(cfg)).actor_rollout_ref.rollout
     assert rollout.name == "vllm" and rollout.enforce_eager is True and rollout.engine_kwargs.vllm.enable_sleep_mode is False
     assert rollout.dtype == "float32"
     assert rollout.engine_kwargs.vllm.kv_cache_memory_bytes > 0
     for engine in ("hf", "auto"):
-        cfg = load_config(MATH_YAML, ["model.path=builtin:tiny-qwen2-random", "trainer_common.n_gpus_per_node=0", f"rollout.engine={engine}"])
+        cfg = load_config(MATH_YAML, [*cpu, f"rollout.engine={engine}"])
         assert compose_verl_config(translate_config(cfg)).actor_rollout_ref.rollout.name == "hf"
 
 
