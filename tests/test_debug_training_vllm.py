@@ -46,6 +46,7 @@ def _train(task_file: Path, model_dir: Path, run_dir: Path, *extra: str) -> list
     overrides = [
         f"ajet.model.path={model_dir}",
         "ajet.rollout.engine=vllm",
+        "ajet.lora.lora_rank=0",  # full weights: the gaps in the module docstring were measured so
         "ajet.task_reader.type=dataset_file",
         f"ajet.task_reader.dataset_file.training.file_path={task_file}",
         "ajet.rollout.user_workflow=tutorial.example_math_agent.math_agent_oai_sdk->ExampleMathLearn",

@@ -157,4 +157,6 @@ def test_two_grpo_steps_of_verl_with_its_vllm_rollout_on_the_cpu(tmp_path):
     for s in steps:
         assert s["actor/grad_norm"] > 0
         assert s["critic/advantages/max"] > 0
-        assert s["rollout_corr/log_ppl_abs_diff"] < 1e-3
+        # vLLM's CPU kernels and the FSDP trainer differ in float32 rounding: 1.2e-3 was seen on a synced
+        # step in one run; a step served by the previous weights (lr 0.01) differs far more.
+        assert s["rollout_corr/log_ppl_abs_diff"] < 5e-3
