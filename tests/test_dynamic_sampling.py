@@ -21,12 +21,15 @@ BATCH = 4
 
 
 class EvenTasksFlatJudge(CharSetJudge):
-    """Reward 0 for every episode of an even-numbered task (`train-<row>`), the character share otherwise."""
+    """Reward 0 for every episode of an even-numbered task (`train-<row>`); otherwise the character
+    share plus 0.01 per repeat index, so an odd task's group always has a spread whatever was sampled
+    (which groups are dropped must not depend on sampling, which varies with the machine's load)."""
 
     def compute_reward(self, workflow_task, workflow_output):
         if int(workflow_task.task.task_id.rsplit("-", 1)[1]) % 2 == 0:
             return 0.0, False
-        return super().compute_reward(workflow_task, workflow_output)
+        reward, success = super().compute_reward(workflow_task, workflow_output)
+        return reward + 0.01 * workflow_task.repeat_index, success
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +125,11 @@ def test_dynamic_sampling_resumes_at_the_exact_task_position(tmp_path, char_mode
     assert len(reference) == 4
     for step, metrics in zip(reference, history):
         assert len(step["trained"]) == BATCH and not any(_is_even(t) for t in step["trained"])
+        assert all(_is_even(t) for t in step["filtered"])
         assert metrics["filter_groups/dropped_groups"] == len(step["filtered"])
         assert metrics["filter_groups/kept_groups"] == BATCH and metrics["filter_groups/cap_reached"] == 0
     assert sum(len(s["filtered"]) for s in reference) > 0
-    # Only groups without a spread are dropped: every even task, and an odd one whose episodes happened
-    # to score alike (the sampled replies vary between machines).
+    # Only groups without a spread are dropped.
     assert all(len(rewards) == 1 for rewards in _filtered_rewards(reference_dir))
     # Every group rolled out (trained or dropped) was consumed from the stream, and nothing else.
     assert _position(reference_dir, 4) == sum(len(s["trained"]) + len(s["filtered"]) for s in reference)

@@ -99,7 +99,7 @@ def _history(tmp_path: Path, model_dir: Path, *, sign: float, max_staleness: int
 def test_grpo_lifts_reward_and_flipped_advantage_does_not(tmp_path, char_model, max_staleness):
     rewards = _train(tmp_path / "learn", char_model, sign=1.0, max_staleness=max_staleness)
     start, end = statistics.fmean(rewards[:3]), statistics.fmean(rewards[-5:])
-    assert start <= 0.2, f"the task must start hard: first-steps reward {start:.3f}"
+    assert start <= 0.25, f"the task must start hard: first-steps reward {start:.3f}"
     assert end >= 0.6, f"GRPO did not learn: reward {start:.3f} -> {end:.3f} ({[round(r, 2) for r in rewards]})"
 
     flipped = _train(tmp_path / "flipped", char_model, sign=-1.0, max_staleness=max_staleness)
@@ -114,7 +114,7 @@ def test_every_algorithm_lifts_reward_and_its_flipped_control_does_not(tmp_path,
     history = _history(tmp_path / "learn", char_model, sign=1.0, algorithm=algorithm, judge=judge)
     rewards = [m["rollout/reward_mean"] for m in history]
     start, end = statistics.fmean(rewards[:3]), statistics.fmean(rewards[-5:])
-    assert start <= 0.2, f"the task must start hard: first-steps reward {start:.3f}"
+    assert start <= 0.25, f"the task must start hard: first-steps reward {start:.3f}"
     assert end >= 0.6, f"{variant} did not learn: reward {start:.3f} -> {end:.3f} ({[round(r, 2) for r in rewards]})"
     if variant == "filter_groups":
         assert sum(m["filter_groups/dropped_groups"] for m in history) > 0, "nothing was filtered: the proof proves nothing"
