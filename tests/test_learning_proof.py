@@ -1,7 +1,7 @@
 """GRPO really learns: through the product's own rollout core, tuner, proxy, judge and trainer.
 
 A tiny random character-level model is rewarded for the share of its characters in a target set
-(see ajet/testing/charset_task.py). Mean reward starts at or below 0.2 and must reach 0.6; the same run
+(see ajet/testing/charset_task.py). Mean reward starts at or below 0.25 and must reach 0.6; the same run
 with every advantage negated must not learn. Both also run with `max_staleness=2` (asynchronous
 schedule: rollouts for later steps continue while the trainer updates).
 
