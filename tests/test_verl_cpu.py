@@ -248,16 +248,3 @@ def test_verls_asynchronous_trainer_on_the_cpu_trains_a_group_one_version_stale(
     assert steps[0]["rollout_corr/log_ppl_abs_diff"] < 1e-3  # on-policy: same weights, same logprobs
     assert steps[1]["training/off_policy/trajectory_staleness/max"] == 1  # overlapped, within the bound
     assert steps[1]["rollout_corr/log_ppl_abs_diff"] > 1e-3  # sampled by the previous policy
-
-
-def test_dynamic_sampling_runs_on_verls_v1_synchronous_trainer_on_the_cpu(tmp_path):
-    """filter_groups.enable (max_staleness 0) selects verl's v1 trainer in `sync` mode with verl's own
-    group filter (which evicts and refills groups whose rewards are all equal); two steps of it run
-    with ajet's agent loop and train on groups with a reward spread."""
-    steps = _run_ajet_on_verl_cpu(
-        tmp_path, save_freq=0, total_epochs=4, algorithm={"filter_groups": {"enable": True}},
-    )
-    assert [s["training/global_step"] for s in steps] == [1, 2]
-    for s in steps:
-        assert s["actor/grad_norm"] > 0
-        assert s["critic/advantages/max"] > 0
