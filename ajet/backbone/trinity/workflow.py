@@ -25,6 +25,7 @@ from ajet.backbone.trinity.config_translation import CONFIG_PATH_ARG
 from ajet.backbone.trinity.experiences import episode_to_experiences
 from ajet.backbone.trinity.server_engine import TrinityServerEngine
 from ajet.backbone.trinity.taskset import task_from_row
+from ajet.backbone.worker_contexts import WorkerContexts
 from ajet.config import AjetConfig
 from ajet.schema import EpisodeResult, Task
 
@@ -107,27 +108,16 @@ class TrinityWorkerContext:
         self.proxy.stop()
 
 
-_contexts: dict[str, TrinityWorkerContext] = {}
-_contexts_lock = threading.Lock()
+_contexts: WorkerContexts[str, TrinityWorkerContext] = WorkerContexts()
 
 
 def worker_context(cfg: AjetConfig, model: Any) -> TrinityWorkerContext:
     """The process's context for this rollout server, created on first use."""
-    key = str(getattr(model, "api_address", ""))
-    with _contexts_lock:
-        context = _contexts.get(key)
-        if context is None:
-            context = TrinityWorkerContext(cfg, model)
-            _contexts[key] = context
-        return context
+    return _contexts.get(str(getattr(model, "api_address", "")), lambda: TrinityWorkerContext(cfg, model))
 
 
 def close_worker_contexts() -> None:
-    with _contexts_lock:
-        contexts = list(_contexts.values())
-        _contexts.clear()
-    for context in contexts:
-        context.close()
+    _contexts.close_all()
 
 
 def load_ajet_config(source: Any) -> AjetConfig:

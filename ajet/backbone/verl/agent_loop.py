@@ -42,6 +42,7 @@ from verl.experimental.agent_loop.agent_loop import (
 from ajet.backbone.verl.batch import pad_token_id, split_sample
 from ajet.backbone.verl.config_translation import AGENT_LOOP_NAME
 from ajet.backbone.verl.server_engine import VerlServerEngine
+from ajet.backbone.worker_contexts import WorkerContexts
 from ajet.config import AjetConfig
 from ajet.schema import EpisodeResult, Task
 from ajet.training.overlong import apply_overlong_penalty, is_truncated_completion
@@ -158,27 +159,16 @@ class WorkerContext:
         self.proxy.stop()
 
 
-_contexts: dict[int, WorkerContext] = {}
-_contexts_lock = threading.Lock()
+_contexts: WorkerContexts[int, WorkerContext] = WorkerContexts()
 
 
 def worker_context(cfg: AjetConfig, server_manager: Any, tokenizer: Any) -> WorkerContext:
     """The process's context for this server manager (one per verl worker), created on first use."""
-    key = id(server_manager)
-    with _contexts_lock:
-        context = _contexts.get(key)
-        if context is None:
-            context = WorkerContext(cfg, server_manager, tokenizer, asyncio.get_running_loop())
-            _contexts[key] = context
-        return context
+    return _contexts.get(id(server_manager), lambda: WorkerContext(cfg, server_manager, tokenizer, asyncio.get_running_loop()))
 
 
 def close_worker_contexts() -> None:
-    with _contexts_lock:
-        contexts = list(_contexts.values())
-        _contexts.clear()
-    for context in contexts:
-        context.close()
+    _contexts.close_all()
 
 
 def load_ajet_config(source: Any) -> Any:
