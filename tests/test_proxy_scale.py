@@ -17,30 +17,13 @@ import pytest
 from proxy_helpers import ADD_TOOL, tokenizer, tool_call_text
 
 from ajet.engine.base import SamplingParams
-from ajet.engine.scripted import ScriptedEngine
-from ajet.proxy import HTTPRequest, HTTPResponse, ProxyServer
+from ajet.proxy import HTTPRequest, HTTPResponse
 from ajet.proxy.openai_format import ChatCompletionRequest
 from ajet.proxy.protocol import ProtocolError, WireProtocol, WireRequest
 
 pytestmark = pytest.mark.network_loopback
 
 MARKER = re.compile(r"EPI(\d+)Q")
-
-
-@pytest.fixture
-def make_proxy():
-    started = []
-
-    def make(reply_fn, **kwargs):
-        engine = ScriptedEngine(tokenizer(), reply_fn)
-        proxy = ProxyServer(engine, tokenizer(), **kwargs)
-        proxy.start()
-        started.append(proxy)
-        return proxy, engine
-
-    yield make
-    for proxy in started:
-        proxy.stop()
 
 
 def _marker_tool_loop():
