@@ -12,6 +12,7 @@ one after the other, so its peak RSS is its own.
     python bench/learning_curve.py --steps 30 --eval-tasks 50
     python bench/learning_curve.py --steps 2 --eval-tasks 4 --arms policy     # a pilot
     python bench/learning_curve.py --steps 30 rollout.temperature=1.0         # overrides go to every arm
+    python bench/learning_curve.py --steps 30 --out-dir runs/lc --report-only # the report of an interrupted run
 
 Cost on a 2-core CPU: a GRPO step of the tutorial's defaults, plus a greedy pass over the held-out
 questions three times (before; after each arm); see bench/RESULTS.md, section 7, for the measured
@@ -228,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", type=Path, default=TUTORIAL_YAML)
     parser.add_argument("--out-dir", type=Path, default=None, help="run directories (default runs/learning_curve-<time>)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON and the PNG go")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rebuild the table, JSON and PNG from the run directories in --out-dir "
+                             "(an interrupted arm reports the steps it finished; its missing evaluation shows as -)")
     parser.add_argument("--child", choices=list(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides for every arm")
@@ -236,18 +240,24 @@ def main(argv: list[str] | None = None) -> int:
         run_arm(args)
         return 0
 
+    if args.report_only and args.out_dir is None:
+        parser.error("--report-only needs --out-dir (the run directories to read)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = args.out_dir or REPO / "runs" / f"learning_curve-{stamp}"
     report: dict[str, Any] = {"env": environment(), "settings": {
         "steps": args.steps, "eval_tasks": args.eval_tasks, "conf": str(args.conf.relative_to(REPO) if args.conf.is_relative_to(REPO) else args.conf),
-        "overrides": args.overrides, "command": " ".join(["python", "bench/learning_curve.py", *(argv or sys.argv[1:])]),
+        "overrides": args.overrides, "report_only": args.report_only, "command": " ".join(["python", "bench/learning_curve.py", *(argv or sys.argv[1:])]),
     }, "arms": {}, "processes": {}}
     for arm in args.arms:
         run_dir = out_dir / arm
-        report["processes"][arm] = run_child(args, arm, run_dir)
+        if args.report_only:
+            if not run_dir.is_dir():
+                continue
+        else:
+            report["processes"][arm] = run_child(args, arm, run_dir)
+            if report["processes"][arm]["returncode"] != 0:
+                print(f"[{arm}] exited with {report['processes'][arm]['returncode']} (its output is above)")
         report["arms"][arm] = arm_report(run_dir, args.steps)
-        if report["processes"][arm]["returncode"] != 0:
-            print(f"[{arm}] exited with {report['processes'][arm]['returncode']} (its output is above)")
     report["before"] = next((a["before"] for a in report["arms"].values() if a["before"]), None)
 
     rows = []
@@ -263,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(["zero-variance groups", ""] + [
         f"{100 * statistics.fmean(arm['zero_variance_group_share_per_step']):.0f}%" if arm["zero_variance_group_share_per_step"] else "-"
         for arm in report["arms"].values()])
-    rows.append(["peak RSS (GB)", ""] + [f"{p['peak_rss_mb'] / 1024:.2f}" for p in report["processes"].values()])
+    rows.append(["steps done", ""] + [str(arm["steps_done"]) for arm in report["arms"].values()])
+    rows.append(["peak RSS (GB)", ""] + [
+        f"{report['processes'][name]['peak_rss_mb'] / 1024:.2f}" if name in report["processes"] else "-"
+        for name in report["arms"]])
     rows.append(["checkpoint (MB)", ""] + [f"{arm['checkpoint_mb']:.1f}" if arm["checkpoint_mb"] else "-" for arm in report["arms"].values()])
     print_table(f"learning curve: {args.steps} steps, {args.eval_tasks} held-out questions",
                 ["", "before", *[f"after ({a})" for a in report["arms"]]], rows)

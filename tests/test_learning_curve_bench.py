@@ -45,3 +45,24 @@ def test_both_arms_run_and_the_report_has_every_figure(tmp_path):
     # "before" is measured once, by the policy arm; the control starts from the same weights
     assert report["before"]["episodes"] == 2.0 and report["arms"]["control"]["before"] is None
     assert (results / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # An interrupted control (no evaluation after its last step) still gets its report rebuilt from
+    # the run directories: the steps it finished, and "-" where its evaluation is missing.
+    (out_dir / "control" / "validation" / "step_00002.json").unlink()
+    rebuilt_dir = tmp_path / "rebuilt"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--steps", "2", "--eval-tasks", "2", "--out-dir", str(out_dir),
+         "--results-dir", str(rebuilt_dir), "--report-only"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (rebuilt_path,) = rebuilt_dir.glob("learning_curve-*.json")
+    rebuilt = json.loads(rebuilt_path.read_text())
+    assert rebuilt["processes"] == {} and rebuilt["settings"]["report_only"] is True
+    for name in ("policy", "control"):
+        assert rebuilt["arms"][name]["reward_per_step"] == report["arms"][name]["reward_per_step"]
+    assert rebuilt["arms"]["policy"]["after"] == report["arms"]["policy"]["after"]
+    assert rebuilt["arms"]["control"]["after"] is None
+    assert rebuilt["before"] == report["before"]
+    assert (rebuilt_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
