@@ -65,4 +65,3 @@ def test_both_arms_run_and_the_report_has_every_figure(tmp_path):
     assert rebuilt["arms"]["control"]["after"] is None
     assert rebuilt["before"] == report["before"]
     assert (rebuilt_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
