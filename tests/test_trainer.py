@@ -151,6 +151,36 @@ def test_sequence_logprobs_gradient_matches_reference():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
+def test_default_chunks_follow_the_logits_budget(monkeypatch):
+    """chunk_size=None sizes chunks from LOGITS_CHUNK_BYTES; a budget of 3 rows' logits gives 3-token chunks."""
+    from ajet.trainer import logprobs as logprobs_module
+
+    model = tiny_model().eval()
+    ids = torch.randint(0, VOCAB, (1, 11), generator=torch.Generator().manual_seed(8))
+    rows = []
+    model.lm_head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+    monkeypatch.setattr(logprobs_module, "LOGITS_CHUNK_BYTES", 3 * 4 * VOCAB)
+    with torch.no_grad():
+        lp = sequence_logprobs(model, ids)
+    assert rows == [3, 3, 3, 1]  # the 10 predicted positions
+    torch.testing.assert_close(lp, reference_logprobs(model, ids, torch.ones_like(ids), 1.0)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_entropy_as_a_metric_has_no_graph_and_the_same_values():
+    ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(9))
+    weights = torch.randn(2, 8, generator=torch.Generator().manual_seed(10))
+    out = {}
+    for entropy_grad in (True, False):
+        model = tiny_model()
+        lp, ent = sequence_logprobs(model, ids, with_entropy=True, entropy_grad=entropy_grad, chunk_size=5)
+        (lp * weights).sum().backward()
+        out[entropy_grad] = (lp.detach(), ent, torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert out[True][1].requires_grad and not out[False][1].requires_grad
+    torch.testing.assert_close(out[False][0], out[True][0])
+    torch.testing.assert_close(out[False][1], out[True][1].detach())
+    torch.testing.assert_close(out[False][2], out[True][2])
+
+
 def test_greedy_temperature_zero_means_one():
     model = tiny_model().eval()
     ids = torch.randint(0, VOCAB, (1, 6))
@@ -171,6 +201,36 @@ def test_gradient_accumulation_equals_one_big_batch(mode):
     assert grads[8].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[8], atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(grads[2], grads[8], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradient(lora):
+    grads, layer_forwards = {}, {}
+    for checkpointing in (False, True):
+        model = tiny_model()
+        samples = make_samples(model, n=3)
+        calls = []
+        # A pre-hook: the recomputation in backward stops as soon as it has what backward needs.
+        model.model.layers[0].register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
+        cfg = trainer_cfg(micro_batch_size=2, gradient_checkpointing=checkpointing)
+        trainer = PolicyTrainer(model, None, cfg, LORA if lora else None)
+        trainer.compute_gradients(samples, [1.0, -0.5, 0.3], temperature=1.0)
+        grads[checkpointing] = torch.cat([p.grad.flatten() for p in trainer.params])
+        layer_forwards[checkpointing] = len(calls)
+    # Two micro-batches: each runs the layer once, and once more in backward when it is checkpointed.
+    assert layer_forwards == {False: 2, True: 4}
+    assert grads[False].abs().sum() > 0
+    torch.testing.assert_close(grads[True], grads[False], atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_checkpointing_on_a_model_without_it_names_the_key():
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="trainer_common.gradient_checkpointing"):
+        PolicyTrainer(Plain(), None, trainer_cfg(gradient_checkpointing=True))
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

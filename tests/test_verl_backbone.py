@@ -61,6 +61,7 @@ def test_translation_of_the_math_agent_yaml_sets_verl_keys():
         "data.max_response_length=3000",
         "trainer_common.mini_batch_num=4",
         "trainer_common.micro_batch_size=3",
+        "trainer_common.gradient_checkpointing=true",
         "trainer_common.optim.lr=3e-6",
         "trainer_common.optim.weight_decay=0.05",
         "trainer_common.optim.grad_clip=0.5",
@@ -108,7 +109,7 @@ def test_translation_of_the_math_agent_yaml_sets_verl_keys():
     assert actor["entropy_coeff"] == 0.002
 
     model = v["actor_rollout_ref"]["model"]
-    assert model["path"] == "/models/m"
+    assert model["path"] == "/models/m" and model["enable_gradient_checkpointing"] is True
     assert (model["lora_rank"], model["lora_alpha"], model["target_modules"]) == (16, 32.0, "all-linear")
 
     data = v["data"]

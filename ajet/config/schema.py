@@ -317,6 +317,7 @@ class TrainerCommonConfig(Section):
     ppo_epochs: PositiveInt
     mini_batch_num: PositiveInt
     micro_batch_size: PositiveInt
+    gradient_checkpointing: bool
     optim: OptimConfig
     rollout_correction: RolloutCorrectionConfig
     # `async` is a Python keyword: read it as `cfg.trainer_common.async_`; YAML and dumps say `async`.

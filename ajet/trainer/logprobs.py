@@ -20,6 +20,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ajet.algo.losses import entropy_from_logits
 
+# One lm_head chunk's fp32 logits stay under this. A chunk's forward holds a few vocabulary-wide
+# temporaries (logits, logsumexp's exp, softmax for the entropy) and its backward as many again, so
+# with Qwen2.5's 151,936-token vocabulary a 1024-token chunk alone peaked near 3 GB on the CPU;
+# 128 MiB is ~220 tokens there, still a large matmul.
+LOGITS_CHUNK_BYTES = 128 << 20
+
 
 def sequence_logprobs(
     model: nn.Module,
@@ -28,8 +34,9 @@ def sequence_logprobs(
     temperature: float = 1.0,
     *,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
     pack: bool = True,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     only_where: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logprob of each token given the tokens before it.
@@ -41,8 +48,11 @@ def sequence_logprobs(
         temperature: logits are divided by it, the engine's definition of a sampled token's logprob
             (`ajet.engine.base.SamplingParams`); 0 (greedy) means 1.
         with_entropy: also return the entropy of the next-token distribution predicting each token.
+        entropy_grad: False computes that entropy without a graph (a metric, not a loss term), so
+            backward neither keeps nor recomputes its softmax.
         pack: pack rows into one sequence (see module doc); False runs the padded batch as is.
-        chunk_size: tokens per lm_head chunk.
+        chunk_size: tokens per lm_head chunk; None = as many as keep one chunk's logits within
+            `LOGITS_CHUNK_BYTES`.
         only_where: `[B, T]` bool; when given, logprobs (and entropy) are computed only at these
             positions (the loss mask) and are 0 elsewhere. The lm_head is the vocabulary-wide part of
             the cost, and prompt/tool tokens never enter the loss, so this skips most of it.
@@ -57,6 +67,8 @@ def sequence_logprobs(
     inv_temp = 1.0 / temperature if temperature and temperature > 0 else 1.0
     valid = attention_mask.bool()
     decoder, head = _decoder_and_head(model)
+    if chunk_size is None:
+        chunk_size = max(1, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
 
     if pack:
         flat_ids = input_ids[valid]  # [N], row-major, so it scatters back with the same mask
@@ -70,7 +82,7 @@ def sequence_logprobs(
         starts = position_ids == 0
         need = None if only_where is None else only_where[valid][1:] & ~starts[1:]
         lp_next, ent_next = _chunked_token_logprobs(
-            head, hidden[:-1], flat_ids[1:], inv_temp, with_entropy, chunk_size, need
+            head, hidden[:-1], flat_ids[1:], inv_temp, with_entropy, entropy_grad, chunk_size, need
         )
         lp_flat = torch.cat([lp_next.new_zeros(1), lp_next]).masked_fill(starts, 0.0)
         logprobs = lp_flat.new_zeros(input_ids.shape).masked_scatter(valid, lp_flat)
@@ -87,7 +99,8 @@ def sequence_logprobs(
     predicted_bool = valid[:, 1:] & valid[:, :-1]  # the previous token is real too
     need = None if only_where is None else (only_where[:, 1:] & predicted_bool).reshape(-1)
     lp_next, ent_next = _chunked_token_logprobs(
-        head, hidden[:, :-1].reshape(-1, H), input_ids[:, 1:].reshape(-1), inv_temp, with_entropy, chunk_size, need
+        head, hidden[:, :-1].reshape(-1, H), input_ids[:, 1:].reshape(-1), inv_temp, with_entropy, entropy_grad,
+        chunk_size, need,
     )
     predicted = predicted_bool.to(lp_next.dtype)
     logprobs = torch.cat([lp_next.new_zeros(B, 1), lp_next.view(B, T - 1) * predicted], dim=1)
@@ -113,6 +126,7 @@ def _chunked_token_logprobs(
     targets: torch.Tensor,
     inv_temp: float,
     with_entropy: bool,
+    entropy_grad: bool,
     chunk_size: int,
     need: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -121,11 +135,13 @@ def _chunked_token_logprobs(
     With `need [N]` bool, only those rows go through the lm_head; the others come back as 0.
     """
     if need is not None:
-        lp, ent = _chunked_token_logprobs(head, hidden[need], targets[need], inv_temp, with_entropy, chunk_size)
+        lp, ent = _chunked_token_logprobs(
+            head, hidden[need], targets[need], inv_temp, with_entropy, entropy_grad, chunk_size
+        )
         full_lp = lp.new_zeros(targets.shape[0]).masked_scatter(need, lp)
         full_ent = None if ent is None else ent.new_zeros(targets.shape[0]).masked_scatter(need, ent)
         return full_lp, full_ent
-    fn = _chunk_fn(head, inv_temp, with_entropy)
+    fn = _chunk_fn(head, inv_temp, with_entropy, entropy_grad)
     lps, ents = [], []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
@@ -141,12 +157,17 @@ def _chunked_token_logprobs(
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 
 
-def _chunk_fn(head: nn.Module, inv_temp: float, with_entropy: bool) -> Callable:
+def _chunk_fn(head: nn.Module, inv_temp: float, with_entropy: bool, entropy_grad: bool) -> Callable:
     def fn(h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = head(h).float() * inv_temp  # [n, V], fp32 even under bf16 autocast
+        logits = head(h).float()  # [n, V], fp32 even under bf16 autocast
+        if inv_temp != 1.0:
+            logits = logits * inv_temp
         lse = torch.logsumexp(logits, dim=-1)
         lp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
-        if with_entropy:
+        if with_entropy and not entropy_grad:
+            with torch.no_grad():
+                ent = entropy_from_logits(logits.detach(), logsumexp=lse.detach())
+        elif with_entropy:
             ent = entropy_from_logits(logits, logsumexp=lse)
         else:
             ent = lp.new_zeros(0)

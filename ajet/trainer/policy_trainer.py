@@ -71,6 +71,20 @@ class _MicroBatch:
     tis_weights: torch.Tensor | None
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Keep only each decoder layer's input in the forward and recompute the layer in backward.
+
+    The non-reentrant variant, because with LoRA the layer inputs (frozen embeddings) do not require
+    grad, which the reentrant one would silently treat as "no gradient needed" for the whole layer.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"ajet.trainer_common.gradient_checkpointing=true: {type(model).__name__} does not support "
+            "gradient checkpointing in transformers; set trainer_common.gradient_checkpointing=false"
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class PolicyTrainer:
     """Policy-gradient updates for a transformers causal LM, full fine-tuning or LoRA, with the policy
     loss `cfg.algorithm.policy_loss.loss_mode` names (see ajet.algo.registry).
@@ -108,6 +122,8 @@ class PolicyTrainer:
         self.policy_loss = policy_loss_fn(cfg.algorithm.policy_loss.loss_mode)
 
         model = model.to(self.device)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.is_lora = lora_cfg is not None and lora_cfg.lora_rank > 0
         if self.use_kl and not self.is_lora and ref_model is None:
             ref_model = copy.deepcopy(model)
@@ -288,7 +304,7 @@ class PolicyTrainer:
             with self._autocast():
                 logprobs, entropy = sequence_logprobs(
                     self.model, mb.input_ids, mb.attention_mask, temperature, with_entropy=True, pack=self.pack,
-                    only_where=mb.loss_mask.bool(),
+                    only_where=mb.loss_mask.bool(), entropy_grad=cfg.entropy_coeff != 0.0,
                 )
             if record_trainer_logprobs:
                 for row, s in enumerate(chunk):

@@ -86,7 +86,7 @@ def translate_config(
         "algorithm": _algorithm_keys(t),
         "data": _data_keys(cfg.data, train_files, val_files),
         "actor_rollout_ref": {
-            "model": _model_keys(model_path or cfg.model.path, cfg.lora),
+            "model": _model_keys(model_path or cfg.model.path, cfg.lora, t),
             "actor": _actor_keys(t, cfg.data),
             "ref": {"log_prob_micro_batch_size_per_gpu": t.micro_batch_size},
             "rollout": _rollout_keys(cfg.rollout, cfg.data, t, agent_loop_config_path),
@@ -211,8 +211,8 @@ def _data_keys(d: DataConfig, train_files: str | list[str] | None, val_files: st
     return data
 
 
-def _model_keys(model_path: str, lora: LoraConfig) -> dict[str, Any]:
-    model: dict[str, Any] = {"path": model_path}
+def _model_keys(model_path: str, lora: LoraConfig, t: TrainerCommonConfig) -> dict[str, Any]:
+    model: dict[str, Any] = {"path": model_path, "enable_gradient_checkpointing": t.gradient_checkpointing}
     if lora.lora_rank > 0:
         model.update(
             lora_rank=lora.lora_rank,
@@ -360,7 +360,6 @@ def cpu_keys() -> dict[str, Any]:
         "actor_rollout_ref": {
             "model": {
                 "use_remove_padding": False,
-                "enable_gradient_checkpointing": False,
                 "override_config": {"attn_implementation": "sdpa"},
             },
             "actor": {"strategy": "fsdp2", "use_torch_compile": False, "fsdp_config": fsdp_fp32},
