@@ -348,7 +348,8 @@ def run_trl(settings: BenchSettings, workdir: Path) -> SideResult:
         loss_type="dapo",  # token-mean over the batch's sampled tokens, as ajet's `token-mean`
         scale_rewards="group",
         shuffle_dataset=False,
-        # ajet trains without activation checkpointing; TRL's default (on) would trade its speed for memory.
+        # Both sides without activation checkpointing (on by default in both), so that the step
+        # times compare the same work.
         gradient_checkpointing=False,
         bf16=on_gpu and settings.dtype == "bfloat16",
         fp16=False,
@@ -432,6 +433,7 @@ def ajet_config_dict(settings: BenchSettings, task_file: Path, engine: str = "hf
                 "logger": ["jsonl"],
                 "resume": "never",
                 "micro_batch_size": n,  # one forward/backward over the whole batch, as TRL's
+                "gradient_checkpointing": False,  # as the TRL side
                 "mini_batch_num": 1,
                 "ppo_epochs": 1,
                 "use_kl_loss": False,

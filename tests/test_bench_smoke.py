@@ -100,6 +100,7 @@ def test_ajet_config_matches_the_trl_settings(bench, tmp_path):
     assert cfg.data.train_batch_size == 3 and cfg.rollout.num_repeat == 4
     assert cfg.rollout.max_response_length_in_one_turn == 7 and cfg.rollout.multi_turn.max_steps == 1
     assert cfg.trainer_common.micro_batch_size == 12  # one forward/backward over the batch, as TRL's
+    assert cfg.trainer_common.gradient_checkpointing is False  # the TRL side runs without it too
     assert cfg.trainer_common.total_training_steps == 3
     assert cfg.trainer_common.optim.lr == pytest.approx(2e-5) and cfg.trainer_common.optim.weight_decay == 0.0
     assert cfg.trainer_common.use_kl_loss is False and cfg.data.shuffle is False
