@@ -71,7 +71,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     vocab = model.config.vocab_size
     if spec["chunk_tokens"] is not None:
         logprobs.LOGITS_CHUNK_BYTES = spec["chunk_tokens"] * 4 * vocab
-    chunk_tokens = max(1, logprobs.LOGITS_CHUNK_BYTES // (4 * vocab))
+    chunk_tokens = logprobs.default_chunk_size(vocab)
     trainer = PolicyTrainer(model, None, cfg.trainer_common, cfg.lora)
     loaded_mb = _status_mb("VmRSS")
 

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from bench_helpers import load_bench_module
 
 from ajet.schema import Sample
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "algorithms.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_algorithms", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_bench_module("algorithms.py")
 
 
 def _sample(task_id: str, reward: float) -> Sample:

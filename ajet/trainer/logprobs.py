@@ -27,6 +27,11 @@ from ajet.algo.losses import entropy_from_logits
 LOGITS_CHUNK_BYTES = 128 << 20
 
 
+def default_chunk_size(vocab_size: int) -> int:
+    """Tokens per lm_head chunk whose fp32 logits fit in `LOGITS_CHUNK_BYTES` (at least 1)."""
+    return max(1, LOGITS_CHUNK_BYTES // (4 * vocab_size))
+
+
 def sequence_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -68,7 +73,7 @@ def sequence_logprobs(
     valid = attention_mask.bool()
     decoder, head = _decoder_and_head(model)
     if chunk_size is None:
-        chunk_size = max(1, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
+        chunk_size = default_chunk_size(head.weight.shape[0])
 
     if pack:
         flat_ids = input_ids[valid]  # [N], row-major, so it scatters back with the same mask
@@ -166,7 +171,7 @@ def _chunk_fn(head: nn.Module, inv_temp: float, with_entropy: bool, entropy_grad
         lp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
         if with_entropy and not entropy_grad:
             with torch.no_grad():
-                ent = entropy_from_logits(logits.detach(), logsumexp=lse.detach())
+                ent = entropy_from_logits(logits, logsumexp=lse)
         elif with_entropy:
             ent = entropy_from_logits(logits, logsumexp=lse)
         else:
