@@ -7,10 +7,13 @@ GSM8K test questions (the first `--eval-tasks` of the test split) greedily befor
 the product's own validation (`trainer_common.val_before_train` / `test_freq`, temperature 0). Then
 the same for the control arm: the same number of steps with every advantage flipped
 (`TrainingLoop(advantage_sign=-1)`), which must not improve. Each arm runs in its own child process,
-one after the other, so its peak RSS is its own.
+so its peak RSS is its own: one after the other, or side by side with `--parallel` (each with half
+the cores), which gives both arms the same steps in the same wall time.
 
     python bench/learning_curve.py --steps 30 --eval-tasks 50
     python bench/learning_curve.py --steps 2 --eval-tasks 4 --arms policy     # a pilot
+    python bench/learning_curve.py --steps 10 --parallel                      # both arms at once
+    python bench/learning_curve.py --steps 20 --out-dir runs/lc --resume      # continue both to step 20
     python bench/learning_curve.py --steps 30 rollout.temperature=1.0         # overrides go to every arm
     python bench/learning_curve.py --steps 30 --out-dir runs/lc --report-only # the report of an interrupted run
 
@@ -58,12 +61,14 @@ def arm_overrides(args: argparse.Namespace, arm: str, run_dir: Path) -> list[str
         f"trainer_common.experiment_dir={run_dir}",
         f"trainer_common.total_training_steps={args.steps}",
         f"trainer_common.test_freq={args.steps}",  # validate once, after the last step
-        # The policy arm measures the starting point; the control starts from the same weights.
-        f"trainer_common.val_before_train={'true' if arm == 'policy' else 'false'}",
+        # The policy arm measures the starting point; the control starts from the same weights. A
+        # resumed arm continues from its own last checkpoint (weights, AdamW, task position) and
+        # appends to its metrics.jsonl; the starting point is already measured.
+        f"trainer_common.val_before_train={'true' if arm == 'policy' and not args.resume else 'false'}",
         f"trainer_common.val_max_num_task_each_validation={args.eval_tasks}",
         "trainer_common.save_freq=0",  # one (adapter) checkpoint at the end
         "trainer_common.logger=[jsonl]",
-        "trainer_common.resume=never",
+        f"trainer_common.resume={'auto' if args.resume else 'never'}",
     ]
 
 
@@ -152,6 +157,9 @@ def arm_report(run_dir: Path, steps: int) -> dict[str, Any]:
         "update_s_median": statistics.median(train_s) if records else None,
         "before": eval_summary(_validation(run_dir, 0)),
         "after": eval_summary(_validation(run_dir, steps)),
+        # every held-out evaluation of the arm, by step: a resumed run keeps the ones on the way
+        "evaluations": {int(path.stem.split("_")[1]): eval_summary(json.loads(path.read_text()))
+                        for path in sorted((run_dir / "validation").glob("step_*.json"))},
         "checkpoint_mb": _dir_mb(checkpoints[-1]) if checkpoints else None,
     }
 
@@ -204,19 +212,28 @@ def write_plot(report: dict[str, Any], path: Path) -> Path:
 # ------------------------------------------------------------------ the parent
 
 
-def run_child(args: argparse.Namespace, arm: str, run_dir: Path) -> dict[str, Any]:
+def start_child(args: argparse.Namespace, arm: str, run_dir: Path, threads: int | None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", arm, "--run-dir", str(run_dir), "--conf", str(args.conf),
-           "--steps", str(args.steps), "--eval-tasks", str(args.eval_tasks), *args.overrides]
-    print(f"[{arm}] {' '.join(cmd)}", flush=True)
-    start, load_start = time.time(), os.getloadavg()
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+           "--steps", str(args.steps), "--eval-tasks", str(args.eval_tasks), *(["--resume"] if args.resume else []),
+           *args.overrides]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the child
+    print(f"[{arm}] {'OMP_NUM_THREADS=' + str(threads) + ' ' if threads else ''}{' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    return {"proc": proc, "start": time.time(), "load_average_start": os.getloadavg(), "threads": threads}
+
+
+def wait_child(child: dict[str, Any]) -> dict[str, Any]:
+    # wait4, not Popen.wait: its rusage is this child's own peak RSS, even with the other arm running.
+    _, status, usage = os.wait4(child["proc"].pid, 0)
     return {
-        "returncode": proc.returncode,
-        "wall_s": time.time() - start,
+        "returncode": os.waitstatus_to_exitcode(status),
+        "started_at": child["start"],
+        "wall_s": time.time() - child["start"],
         "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux: kilobytes
-        "load_average_start": load_start,
+        "torch_threads": child["threads"],
+        "load_average_start": child["load_average_start"],
         "load_average_end": os.getloadavg(),
     }
 
@@ -232,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: rebuild the table, JSON and PNG from the run directories in --out-dir "
                              "(an interrupted arm reports the steps it finished; its missing evaluation shows as -)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the arms at the same time, each with an equal share of the cores (OMP_NUM_THREADS), "
+                             "instead of one after the other with all of them")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the arms in --out-dir from their last checkpoints up to --steps "
+                             "(evaluating again at --steps) instead of starting them afresh")
     parser.add_argument("--child", choices=list(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides for every arm")
@@ -240,24 +263,30 @@ def main(argv: list[str] | None = None) -> int:
         run_arm(args)
         return 0
 
-    if args.report_only and args.out_dir is None:
-        parser.error("--report-only needs --out-dir (the run directories to read)")
+    if (args.report_only or args.resume) and args.out_dir is None:
+        parser.error("--report-only and --resume need --out-dir (the run directories to read)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = args.out_dir or REPO / "runs" / f"learning_curve-{stamp}"
     report: dict[str, Any] = {"env": environment(), "settings": {
         "steps": args.steps, "eval_tasks": args.eval_tasks, "conf": str(args.conf.relative_to(REPO) if args.conf.is_relative_to(REPO) else args.conf),
-        "overrides": args.overrides, "report_only": args.report_only, "command": " ".join(["python", "bench/learning_curve.py", *(argv or sys.argv[1:])]),
+        "overrides": args.overrides, "report_only": args.report_only, "parallel": args.parallel, "resume": args.resume, "command": " ".join(["python", "bench/learning_curve.py", *(argv or sys.argv[1:])]),
     }, "arms": {}, "processes": {}}
-    for arm in args.arms:
-        run_dir = out_dir / arm
-        if args.report_only:
-            if not run_dir.is_dir():
-                continue
+    if not args.report_only:
+        # Side by side, each arm gets an equal share of the cores, so both finish their steps in the
+        # same wall time; one after the other, each gets all of them (torch's own default).
+        threads = max(1, (os.cpu_count() or 1) // len(args.arms)) if args.parallel else None
+        if args.parallel:
+            children = {arm: start_child(args, arm, out_dir / arm, threads) for arm in args.arms}
+            report["processes"] = {arm: wait_child(child) for arm, child in children.items()}
         else:
-            report["processes"][arm] = run_child(args, arm, run_dir)
-            if report["processes"][arm]["returncode"] != 0:
-                print(f"[{arm}] exited with {report['processes'][arm]['returncode']} (its output is above)")
-        report["arms"][arm] = arm_report(run_dir, args.steps)
+            for arm in args.arms:
+                report["processes"][arm] = wait_child(start_child(args, arm, out_dir / arm, threads))
+        for arm, process in report["processes"].items():
+            if process["returncode"] != 0:
+                print(f"[{arm}] exited with {process['returncode']} (its output is above)")
+    for arm in args.arms:
+        if (out_dir / arm).is_dir():
+            report["arms"][arm] = arm_report(out_dir / arm, args.steps)
     report["before"] = next((a["before"] for a in report["arms"].values() if a["before"]), None)
 
     rows = []

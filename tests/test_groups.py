@@ -91,6 +91,25 @@ async def test_async_budget_runs_ahead_by_max_staleness_steps():
     await producer.close()
 
 
+@pytest.mark.parametrize("max_staleness", [0, 2])
+async def test_nothing_launches_for_steps_past_total_steps(max_staleness):
+    """The last step's update must not start rollouts no step will train (they would compete with the
+    final validation and be cancelled half-way at shutdown); a run ahead stops at the last step too."""
+    rollouts = _FakeRollouts()
+    producer = GroupProducer(
+        rollouts, TaskStream(_tasks(20), shuffle=False), batch_size=2, max_staleness=max_staleness, total_steps=2,
+    )
+    for _ in range(2):
+        taken = await producer.take()
+        assert len(taken.groups) == 2
+        await asyncio.sleep(0)
+        assert len(rollouts.launched) <= 2 * 2, "never a group for a third step"
+        producer.step_done()
+    await asyncio.sleep(0)
+    assert rollouts.launched == [0, 1, 2, 3]
+    assert producer.pending == 0 and await producer.close() == []
+
+
 async def test_stale_group_is_dropped_counted_and_replaced():
     rollouts = _FakeRollouts()
     version = {"now": 0}

@@ -3,8 +3,12 @@
 A group is the `num_repeat` episodes of one task (what GRPO normalises over). The producer launches
 groups ahead of the trainer within a staleness budget and the trainer takes finished ones:
 
-    trainer has done k steps  ->  groups with launch index < (k + 1 + max_staleness) * batch_size
+    trainer has done k steps  ->  groups with launch index < min(k + 1 + max_staleness, total_steps) * batch_size
                                   + dropped + refilled  may be in flight
+
+`total_steps` (the run's length, when known) keeps the producer from rolling out groups for steps
+that will never train: they would compete with the final validation for the engine, and be
+cancelled half-way at shutdown.
 
 With `max_staleness = 0` only the current step's groups are ever in flight, which is the synchronous
 loop; with s > 0 rollouts for up to s later steps run while the trainer updates. A group whose oldest
@@ -72,6 +76,7 @@ class GroupProducer:
         `lambda t, i: runner.run_batch([t], num_repeat)`).
     current_version: callable giving the policy version the engine serves now.
     group_filter: dynamic sampling (None: every fresh group is trained).
+    total_steps: the trainer's last step (None: unbounded); no group launches for a step past it.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class GroupProducer:
         stale_policy: str = "drop",
         current_version: Callable[[], int] = lambda: 0,
         group_filter: GroupFilter | None = None,
+        total_steps: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -107,6 +113,7 @@ class GroupProducer:
         self._filtered_total = 0  # groups dropped by the filter
         self._refilled_total = 0  # of those, replaced by a new launch
         self._steps_done = 0
+        self._total_steps = total_steps
         self._start_position = stream.position
 
     # -- trainer side -----------------------------------------------------------------------------
@@ -206,7 +213,12 @@ class GroupProducer:
     # -- producer side ----------------------------------------------------------------------------
 
     def _budget(self) -> int:
-        return (self._steps_done + 1 + self.max_staleness) * self.batch_size + self._dropped_total + self._refilled_total
+        steps_ahead = self._steps_done + 1 + self.max_staleness
+        if self._total_steps is not None:
+            if self._steps_done >= self._total_steps:
+                return self._launched  # the run is over: nothing more to launch
+            steps_ahead = min(steps_ahead, self._total_steps)
+        return steps_ahead * self.batch_size + self._dropped_total + self._refilled_total
 
     def _fill(self) -> None:
         while self._launched < self._budget():

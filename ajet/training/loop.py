@@ -100,6 +100,7 @@ class TrainingLoop:
             stale_policy=tc.async_.stale_policy,
             current_version=lambda: stack.engine.policy_version,
             group_filter=GroupFilter.from_config(tc.algorithm.filter_groups, batch_size),
+            total_steps=total_steps,
         )
         self.metrics_logger = MetricsLogger.from_config(self.run_dir, cfg)
         last_saved, finished = step, False
