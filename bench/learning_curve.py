@@ -92,9 +92,10 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _validation(run_dir: Path, step: int) -> dict[str, Any] | None:
-    path = run_dir / "validation" / f"step_{step:05d}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def _validations(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Every held-out evaluation of an arm (validation/step_NNNNN.json), by step."""
+    return {int(path.stem.split("_")[1]): json.loads(path.read_text())
+            for path in sorted((run_dir / "validation").glob("step_*.json"))}
 
 
 def eval_summary(report: dict[str, Any] | None) -> dict[str, float] | None:
@@ -143,6 +144,7 @@ def arm_report(run_dir: Path, steps: int) -> dict[str, Any]:
 
     checkpoints = sorted((run_dir / "checkpoints").glob("global_step_*")) if (run_dir / "checkpoints").exists() else []
     rollout_s, train_s = per_step("timing/rollout_s"), per_step("timing/train_s")
+    evaluations = {step: eval_summary(report) for step, report in _validations(run_dir).items()}
     return {
         "steps_done": len(records),
         "reward_per_step": per_step("rollout/reward_mean"),
@@ -155,11 +157,9 @@ def arm_report(run_dir: Path, steps: int) -> dict[str, Any]:
         "step_s_median": statistics.median(per_step("timing/step_s")) if records else None,
         "rollout_s_median": statistics.median(rollout_s) if records else None,
         "update_s_median": statistics.median(train_s) if records else None,
-        "before": eval_summary(_validation(run_dir, 0)),
-        "after": eval_summary(_validation(run_dir, steps)),
-        # every held-out evaluation of the arm, by step: a resumed run keeps the ones on the way
-        "evaluations": {int(path.stem.split("_")[1]): eval_summary(json.loads(path.read_text()))
-                        for path in sorted((run_dir / "validation").glob("step_*.json"))},
+        "before": evaluations.get(0),
+        "after": evaluations.get(steps),
+        "evaluations": evaluations,  # a resumed run keeps the ones on the way
         "checkpoint_mb": _dir_mb(checkpoints[-1]) if checkpoints else None,
     }
 

@@ -215,8 +215,6 @@ class GroupProducer:
     def _budget(self) -> int:
         steps_ahead = self._steps_done + 1 + self.max_staleness
         if self._total_steps is not None:
-            if self._steps_done >= self._total_steps:
-                return self._launched  # the run is over: nothing more to launch
             steps_ahead = min(steps_ahead, self._total_steps)
         return steps_ahead * self.batch_size + self._dropped_total + self._refilled_total
 
