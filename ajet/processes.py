@@ -7,13 +7,22 @@ The launcher process itself is recognised by its command line (`ajet ...` or `py
 a process with a scrubbed environment (the Python tool's sandbox) by a marked ancestor. Nothing is
 judged by a word appearing somewhere in a command line: a virtualenv or a folder named after ajet
 marks nothing.
+
+A run that is told to stop (SIGTERM from a scheduler, or from `ajet --kill`) takes the path of
+Ctrl-C inside `sigterm_as_interrupt()`: the training loop saves its last finished step and Ray is
+shut down, instead of the process dying with everything since the last checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import PurePath
+from types import FrameType
 
 import psutil
 
@@ -29,6 +38,26 @@ def mark_this_run(run_id: str | None = None) -> str:
     run_id = os.environ.get(RUN_ID_ENV) or run_id or uuid.uuid4().hex[:12]
     os.environ[RUN_ID_ENV] = run_id
     return run_id
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM raises KeyboardInterrupt, so it ends the run the way Ctrl-C does.
+
+    Off the main thread Python cannot install signal handlers; there the block changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def is_ajet_entry(cmdline: list[str]) -> bool:

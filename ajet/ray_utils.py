@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from ajet.processes import sigterm_as_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -104,24 +104,12 @@ def ray_session(**kwargs: Any) -> Iterator[RaySessionInfo]:
     the job takes the same clean path as Ctrl-C.
     """
     info = init_ray(**kwargs)
-    restore = _raise_on_sigterm()
     try:
-        yield info
+        with sigterm_as_interrupt():
+            yield info
     except KeyboardInterrupt:
         logger.warning("interrupted: shutting down Ray")
         raise
     finally:
-        restore()
         if info.started_here:
             shutdown_ray()
-
-
-def _raise_on_sigterm():
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # signal handlers can only be installed from the main thread
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -127,6 +127,21 @@ async def _wait_for(sem: threading.Semaphore, count: int) -> None:
             await asyncio.sleep(0.005)
 
 
+def _engine_reply_until_cancelled(entered: threading.Semaphore, cancelled: threading.Event):
+    """An engine reply that takes a minute: releases `entered` on start, sets `cancelled` if cancelled."""
+
+    async def slow(prompt_text: str) -> str:
+        entered.release()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "too late"
+
+    return slow
+
+
 async def test_past_max_inflight_requests_get_429_with_retry_after_and_the_openai_client_retries(make_proxy):
     gate, entered = threading.Event(), threading.Semaphore(0)
     proxy, engine = make_proxy(_gated_engine_reply(gate, entered), max_inflight=2)
@@ -163,17 +178,7 @@ async def test_past_max_inflight_requests_get_429_with_retry_after_and_the_opena
 
 async def test_closing_an_episode_cancels_its_in_flight_request_with_a_clean_410(make_proxy):
     entered, cancelled = threading.Semaphore(0), threading.Event()
-
-    async def slow(prompt_text: str) -> str:
-        entered.release()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return "too late"
-
-    proxy, engine = make_proxy(slow)
+    proxy, engine = make_proxy(_engine_reply_until_cancelled(entered, cancelled))
     handle, other = proxy.open_episode("ep"), proxy.open_episode("other")
     client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=handle.api_key, max_retries=0)
     request = asyncio.ensure_future(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}]))
@@ -218,6 +223,31 @@ async def test_a_reply_finishing_after_close_is_answered_410_and_not_recorded(ma
         response = await request
     assert response.status_code == 410 and response.json()["error"]["code"] == "episode_closed"
     assert len(engine.requests) == 1 and tracker.calls == []
+
+
+async def test_a_client_that_gives_up_cancels_its_generation_and_nothing_is_recorded(make_proxy):
+    """The OpenAI SDK times out a slow call and re-sends it: the abandoned one must not run on."""
+    entered, cancelled = threading.Semaphore(0), threading.Event()
+    proxy, engine = make_proxy(_engine_reply_until_cancelled(entered, cancelled))
+    handle = proxy.open_episode("ep")
+    client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=handle.api_key, max_retries=0, timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    await _wait_for(entered, 1)
+    for _ in range(400):  # the proxy sees the disconnect on its own loop
+        if cancelled.is_set() and proxy.admission.inflight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert cancelled.is_set()  # the engine stopped working on it
+    assert proxy.admission.inflight == 0
+    # The episode goes on: the re-sent call is answered and is the episode's only recorded call.
+    proxy.engine.reply_fn = lambda _: "fine"
+    ok = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert ok.choices[0].message.content == "fine"
+    tracker = proxy.close_episode(handle.api_key)
+    assert [c.assistant_message["content"] for c in tracker.calls] == ["fine"] and len(engine.requests) == 1
+    assert tracker.metrics()["abandoned_calls"] == 1
+    await client.close()
 
 
 class _EchoProtocol(WireProtocol):

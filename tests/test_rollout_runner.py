@@ -111,6 +111,27 @@ async def test_episode_is_judged_and_its_tokens_are_exact(stack):
     runner.close()
 
 
+class ReportsClientTimeouts(Workflow):
+    async def execute(self, workflow_task, tuner):
+        timeouts = {
+            "openai": tuner.as_raw_openai_sdk_client().timeout,
+            "agentscope": tuner.as_agentscope_model().client.timeout,
+            "anthropic": tuner.as_raw_anthropic_sdk_client().timeout,
+            "base_url": tuner.as_oai_baseurl_apikey().request_timeout,
+        }
+        return WorkflowOutput(reward=1.0, metadata={"timeouts": timeouts})
+
+
+async def test_every_client_the_tuner_makes_waits_as_long_as_the_episode_may(stack):
+    """The SDKs' own 600 s is shorter than a call waits behind a batch on a loaded CPU engine."""
+    _, proxy = stack
+    runner = RolloutRunner(ReportsClientTimeouts, ContainsJudge(), proxy, _config("rollout.episode_timeout=1234"))
+    result = await runner.run_episode(TASK)
+    assert result.error is None
+    assert result.output.metadata["timeouts"] == {"openai": 1234.0, "agentscope": 1234.0, "anthropic": 1234.0, "base_url": 1234.0}
+    runner.close()
+
+
 async def test_async_judge_and_workflow_reward_bypass(stack):
     _, proxy = stack
     runner = RolloutRunner(AskOnce, AsyncJudge(), proxy, _config())

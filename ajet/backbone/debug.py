@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ajet.backbone.options import LaunchOptions
 from ajet.config import AjetConfig, ConfigError
+from ajet.processes import sigterm_as_interrupt
 
 
 def check_config(cfg: AjetConfig) -> None:
@@ -52,6 +53,8 @@ def run(cfg: AjetConfig, options: LaunchOptions) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(run_dir / "ajet.log")
     with contextlib.ExitStack() as stack:
+        # A scheduler's SIGTERM (or `ajet --kill`) saves the last finished step, as Ctrl-C does.
+        stack.enter_context(sigterm_as_interrupt())
         if options.with_ray:
             from ajet.ray_utils import ray_session
 

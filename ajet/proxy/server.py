@@ -36,6 +36,8 @@ Policies (tested in tests/test_proxy.py):
 - Closing an episode while one of its requests is in flight cancels that request's generation and
   answers it 410 (`episode_closed`, in the request's protocol); nothing is recorded into a tracker
   after `close_episode`.
+- A client that disconnects before its reply (its read timeout ran out) cancels that request's
+  generation too; nothing is recorded for it, and the episode's `abandoned_calls` counts it.
 
 The thread and route contract: uvicorn serves `asgi` (ajet.proxy.http.FastRoutes) on the proxy's own
 thread and event loop. The model endpoints are bytes-in/bytes-out routes there, each one
@@ -427,6 +429,8 @@ class ProxyServer:
             return list(await asyncio.gather(*(self.engine.generate(list(prompt_ids), p) for p in per_choice)))
         except asyncio.CancelledError:
             if not handle.closed or task is None:
+                # The client went away (ajet.proxy.http cancels the endpoint) or the server stops.
+                handle.tracker.count("abandoned_calls")
                 raise
             # Our own cancellation (close_episode): answer the request instead of ending its task.
             if hasattr(task, "uncancel"):

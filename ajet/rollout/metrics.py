@@ -66,6 +66,9 @@ def summarize_episodes(episodes: Sequence[EpisodeResult], prefix: str = "rollout
         "samples_per_episode": _mean([float(len(e.samples)) for e in episodes]),
         "drift_episodes": float(sum(e.metrics.get("drift", 0.0) for e in episodes)),
         "splice_misses": float(sum(e.metrics.get("splice_misses", 0.0) for e in episodes)),
+        # Model calls whose client went away before the reply (its own read timeout, most often):
+        # generation stopped, nothing recorded; the SDK may have re-sent the call.
+        "abandoned_calls": float(sum(e.metrics.get("abandoned_calls", 0.0) for e in episodes)),
         "episodes": float(len(episodes)),
     }
     for key in sorted({k for e in episodes for k in e.metrics if k.startswith(WORKFLOW_PREFIX)}):

@@ -42,7 +42,7 @@ def _execute_in_worker(
     workflow_cls = import_object(workflow_spec, Workflow, key="ajet.rollout.user_workflow")
 
     async def run() -> WorkflowOutput:
-        tuner = AjetTuner(base_url, api_key, episode_id)
+        tuner = AjetTuner(base_url, api_key, episode_id, request_timeout=timeout)
         try:
             output = await asyncio.wait_for(workflow_cls(config=config).execute(workflow_task, tuner), timeout=timeout)
             tuner.add_judge_inputs_to(output)  # this tuner is the worker's copy; its values travel in the output

@@ -207,7 +207,7 @@ class RolloutRunner:
             max_response_tokens=s.max_response_tokens,
         )
         handle = self.proxy.open_episode(episode_id, s.sampling(validation), limits, task_id=task.task_id)
-        tuner = AjetTuner(self.proxy.base_url, handle.api_key, episode_id)
+        tuner = AjetTuner(self.proxy.base_url, handle.api_key, episode_id, request_timeout=s.episode_timeout)
         workflow_task = WorkflowTask(task=task, episode_id=episode_id, repeat_index=repeat_index)
         bind_env(workflow_task)  # tasks from an env service get their environment handle
         try:

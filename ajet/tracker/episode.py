@@ -32,7 +32,7 @@ class EpisodeTracker:
         self._calls: list[LLMCall] = []
         self._lock = threading.Lock()
         self._turns = 0
-        self._counters = {"splice_misses": 0, "splices": 0, "turn_limit_hits": 0, "prompt_limit_hits": 0}
+        self._counters = {"splice_misses": 0, "splices": 0, "turn_limit_hits": 0, "prompt_limit_hits": 0, "abandoned_calls": 0}
         self._drift: DriftReport | None = None
         self._drift_at_calls = -1
         self._drift_warned = False
@@ -159,5 +159,7 @@ class EpisodeTracker:
             "prompt_limit_hits": float(counters["prompt_limit_hits"]),
             "splices": float(counters["splices"]),
             "splice_misses": float(counters["splice_misses"]),
+            # Calls whose client went away before the reply (their generation was cancelled).
+            "abandoned_calls": float(counters["abandoned_calls"]),
             "drift": float(bool(self._drift and self._drift.drifted)),
         }

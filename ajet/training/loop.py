@@ -114,15 +114,14 @@ class TrainingLoop:
                 self.metrics_logger.log(metrics, step)
                 self.history.append(metrics)
                 progress.step_done(metrics)
-                if tc.save_freq and step % tc.save_freq == 0:
+                # The last step is saved before its validation: a run killed while it evaluates
+                # (which may take longer than a step) keeps everything it trained.
+                if (tc.save_freq and step % tc.save_freq == 0) or step == total_steps:
                     self._save(step)
                     last_saved = step
                 if tc.test_freq and val_tasks and step % tc.test_freq == 0:
                     await self._validate(val_tasks, step)
             progress.close()
-            if step != last_saved:
-                self._save(step)
-                last_saved = step
             finished = True
         except (KeyboardInterrupt, asyncio.CancelledError):
             logger.warning("interrupted at step %d", step)

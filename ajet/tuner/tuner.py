@@ -32,6 +32,9 @@ class OaiBaseUrlApiKey:
 
     base_url: str
     api_key: str
+    # Seconds one model call may take: the episode's own timeout. Give it to your client as its
+    # read timeout; a shorter one gives up on a call that is only queued behind a busy engine.
+    request_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class AnthropicBaseUrlApiKey:
 
     base_url: str
     api_key: str
+    request_timeout: float | None = None  # as OaiBaseUrlApiKey.request_timeout
 
 
 class AjetTuner(ChatModelBase):
@@ -49,13 +53,29 @@ class AjetTuner(ChatModelBase):
 
     `stream` (AgentScope's flag) defaults to False; when True the reply comes as an async generator
     with one chunk (see __call__), which is all a ReActAgent needs.
+
+    `request_timeout` (the runner passes `rollout.episode_timeout`) is the read timeout of every
+    client the tuner makes. The SDKs' default (600 s, then two re-sends) is shorter than a call can
+    take on a loaded CPU engine, where a reply waits for the whole batch: at 25 episodes on one
+    core, 16 of 50 evaluation episodes failed with APITimeoutError (bench/RESULTS.md, section 7).
+    The episode's timeout bounds every call anyway.
     """
 
-    def __init__(self, base_url: str, api_key: str, episode_id: str, *, model_name: str = "ajet", stream: bool = False) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        episode_id: str,
+        *,
+        model_name: str = "ajet",
+        stream: bool = False,
+        request_timeout: float | None = None,
+    ) -> None:
         super().__init__(model_name=model_name, stream=stream)
         self.base_url = base_url
         self.api_key = api_key
         self.episode_id = episode_id
+        self.request_timeout = request_timeout
         self._agentscope_model: OpenAIChatModel | None = None
         self._clients: list[Any] = []  # SDK clients this tuner made (openai / anthropic), closed in aclose()
         self._judge_inputs: dict[str, Any] = {}
@@ -75,12 +95,12 @@ class AjetTuner(ChatModelBase):
 
     def as_oai_baseurl_apikey(self) -> OaiBaseUrlApiKey:
         """For OpenAI clients: `{base_url}/chat/completions` and `{base_url}/responses`."""
-        return OaiBaseUrlApiKey(base_url=self.base_url, api_key=self.api_key)
+        return OaiBaseUrlApiKey(base_url=self.base_url, api_key=self.api_key, request_timeout=self.request_timeout)
 
     def as_anthropic_baseurl_apikey(self) -> AnthropicBaseUrlApiKey:
         """For Anthropic Messages clients: `{base_url}/v1/messages` with `x-api-key: {api_key}`."""
         base = self.base_url.rstrip("/")
-        return AnthropicBaseUrlApiKey(base_url=base.removesuffix("/v1"), api_key=self.api_key)
+        return AnthropicBaseUrlApiKey(base_url=base.removesuffix("/v1"), api_key=self.api_key, request_timeout=self.request_timeout)
 
     def as_raw_anthropic_sdk_client(self, **client_kwargs: Any) -> anthropic.AsyncAnthropic:
         """A fresh `anthropic.AsyncAnthropic` bound to this episode; kwargs go to its constructor.
@@ -93,6 +113,8 @@ class AjetTuner(ChatModelBase):
         if endpoint.base_url.startswith("http://"):
             # Plain HTTP on loopback: skip loading the system CA bundle (see _http_client).
             client_kwargs.setdefault("http_client", anthropic.DefaultAsyncHttpxClient(verify=False))
+        if self.request_timeout is not None:
+            client_kwargs.setdefault("timeout", self.request_timeout)
         client = anthropic.AsyncAnthropic(base_url=endpoint.base_url, api_key=endpoint.api_key, **client_kwargs)
         self._clients.append(client)
         return client
@@ -103,6 +125,8 @@ class AjetTuner(ChatModelBase):
         The tuner closes it in `aclose()` (the runner calls that when the episode ends).
         """
         client_kwargs.setdefault("http_client", self._http_client())
+        if self.request_timeout is not None:
+            client_kwargs.setdefault("timeout", self.request_timeout)
         client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, **client_kwargs)
         self._clients.append(client)
         return client
@@ -111,6 +135,8 @@ class AjetTuner(ChatModelBase):
         """A non-streaming AgentScope `OpenAIChatModel` bound to this episode (created once, reused)."""
         if self._agentscope_model is None:
             client_kwargs: dict[str, Any] = {"base_url": self.base_url, "http_client": self._http_client()}
+            if self.request_timeout is not None:
+                client_kwargs["timeout"] = self.request_timeout
             self._agentscope_model = OpenAIChatModel(
                 model_name=self.model_name, api_key=self.api_key, stream=False, client_kwargs=client_kwargs
             )

@@ -31,6 +31,7 @@ class ExampleMathLearn(Workflow):
             base_url=endpoint.base_url,
             api_key=endpoint.api_key,
             max_retries=0,  # a retried request would be a second, untracked sample of the same turn
+            timeout=endpoint.request_timeout,  # the episode's; the SDK's 600 s is short on a busy CPU
         )
         agent = create_agent(
             model=llm,

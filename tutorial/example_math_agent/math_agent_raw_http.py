@@ -15,8 +15,6 @@ from tutorial.example_math_agent.python_tool import PythonToolSession, max_steps
 
 
 class ExampleMathLearn(Workflow):
-    request_timeout: float = 600.0  # seconds; a long generation on a busy engine is normal
-
     async def execute(self, workflow_task: WorkflowTask, tuner) -> WorkflowOutput:
         endpoint = tuner.as_oai_baseurl_apikey()
         python = PythonToolSession(self.config)
@@ -28,7 +26,8 @@ class ExampleMathLearn(Workflow):
         async with httpx.AsyncClient(
             base_url=endpoint.base_url,
             headers={"Authorization": f"Bearer {endpoint.api_key}"},
-            timeout=self.request_timeout,
+            # As long as the episode may take: a reply waits for the whole batch on a busy engine.
+            timeout=endpoint.request_timeout or 600.0,
         ) as http:
             for _ in range(max_steps(self.config)):
                 response = await http.post(
