@@ -38,6 +38,14 @@ def gsm8k_test_rows(gsm8k_dir) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
+def char_model(tmp_path_factory) -> Path:
+    """The char-level toy model of ajet.testing.charset_task (learns in minutes on a CPU), per module."""
+    from ajet.testing.charset_task import build_char_model
+
+    return build_char_model(tmp_path_factory.mktemp("char_model"))
+
+
+@pytest.fixture(scope="module")
 def tiny_hf_engine():
     """ajet's hf engine over the builtin tiny random Qwen2 (real tokenizer), shared by a test module."""
     import torch

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ajet.testing.charset_task import CharSetJudge, build_char_model, write_prompts
+from ajet.testing.charset_task import CharSetJudge, write_prompts
 
 BATCH = 4
 
@@ -30,11 +30,6 @@ class EvenTasksFlatJudge(CharSetJudge):
             return 0.0, False
         reward, success = super().compute_reward(workflow_task, workflow_output)
         return reward + 0.01 * workflow_task.repeat_index, success
-
-
-@pytest.fixture(scope="module")
-def char_model(tmp_path_factory) -> Path:
-    return build_char_model(tmp_path_factory.mktemp("char_model"))
 
 
 def _config(root: Path, model_dir: Path, *, steps: int, max_staleness: int = 0):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ajet.testing.charset_task import build_char_model, write_prompts
+from ajet.testing.charset_task import write_prompts
 
 STEPS = 20
 CONTROL_STEPS = 8
@@ -35,11 +35,6 @@ VARIANTS = {
     "cispo": ({"policy_loss": {"loss_mode": "cispo"}}, "CharSetJudge"),
     "filter_groups": ({"filter_groups": {"enable": True}}, "CharSetLevelsJudge"),
 }
-
-
-@pytest.fixture(scope="module")
-def char_model(tmp_path_factory) -> Path:
-    return build_char_model(tmp_path_factory.mktemp("char_model"))
 
 
 def _config(tmp_path: Path, model_dir: Path, *, max_staleness: int, steps: int = STEPS,

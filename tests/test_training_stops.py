@@ -20,14 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ajet.testing.charset_task import build_char_model, write_prompts
+from ajet.testing.charset_task import write_prompts
+from ajet.trainer.checkpoint import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def char_model(tmp_path_factory) -> Path:
-    return build_char_model(tmp_path_factory.mktemp("char_model"))
 
 
 def _write_conf(root: Path, model_dir: Path, run_dir: Path, *, steps: int, test_freq: int) -> Path:
@@ -66,8 +62,7 @@ def _write_conf(root: Path, model_dir: Path, run_dir: Path, *, steps: int, test_
 
 
 def _saved_steps(run_dir: Path) -> list[int]:
-    root = run_dir / "checkpoints"
-    return sorted(int(p.name.rsplit("_", 1)[1]) for p in root.glob("global_step_*")) if root.exists() else []
+    return [step for step, _ in list_checkpoints(run_dir / "checkpoints")]
 
 
 def test_the_last_step_is_saved_before_its_validation_starts(tmp_path, char_model, monkeypatch):
