@@ -223,10 +223,15 @@ def engine_first_tokens(engine: Engine, prompts) -> None:
     asyncio.run(go())
 
 
-def build_vllm_engine(model_dir: str, tokenizer, max_batch: int, max_len: int, dtype: str, threads: int | None) -> Engine:
+def build_vllm_engine(
+    model_dir: str, tokenizer, max_batch: int, max_len: int, dtype: str, threads: int | None, enforce_eager: bool | None
+) -> Engine:
     from ajet.engine.vllm import VLLMEngine
 
-    return VLLMEngine(model_dir, tokenizer, max_model_len=max_len, max_batch_size=max_batch, dtype=dtype, cpu_threads=threads)
+    return VLLMEngine(
+        model_dir, tokenizer, max_model_len=max_len, max_batch_size=max_batch, dtype=dtype, cpu_threads=threads,
+        enforce_eager=enforce_eager,
+    )
 
 
 def main() -> None:
@@ -244,6 +249,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (hf side)")
     parser.add_argument("--vllm-threads", type=int, default=None,
                         help="torch threads of vLLM's engine process on the CPU (default: VLLMEngine's)")
+    parser.add_argument("--vllm-enforce-eager", choices=["default", "true", "false"], default="default",
+                        help="vLLM's enforce_eager (false: torch.compile the model; default: VLLMEngine's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both engines' dtype")
     parser.add_argument("--methods", nargs="+", default=["engine", "vllm", "padded"], choices=list(METHODS))
     parser.add_argument("--equal-lengths", action="store_true", help="same token budget for every call")
@@ -294,7 +301,10 @@ def main() -> None:
         memory["engine"] = hf_model_mb
     if "vllm" in args.methods:
         t0 = time.perf_counter()
-        engines["vllm"] = build_vllm_engine(model_dir, tokenizer, max(args.concurrency), longest, args.dtype, args.vllm_threads)
+        engines["vllm"] = build_vllm_engine(
+            model_dir, tokenizer, max(args.concurrency), longest, args.dtype, args.vllm_threads,
+            {"default": None, "true": True, "false": False}[args.vllm_enforce_eager],
+        )
         engine_first_tokens(engines["vllm"], prompts_all[:1])
         startup["vllm"] = time.perf_counter() - t0
         memory["vllm"] = rss_mb(include_self=False)  # its engine process: weights, KV cache, runtime

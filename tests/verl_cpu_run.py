@@ -12,12 +12,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 WORKFLOW = '''
+import hashlib
+
 from ajet.schema import WorkflowOutput
 from ajet.workflow import Workflow
 
 
 class AskOnce(Workflow):
-    """One model call; the reward depends on the reply, so GRPO groups have non-zero advantages."""
+    """One model call; the reward is a number in [0, 1) fixed by the reply's text, so two different
+    replies tie about once in 2**32 and every GRPO group of distinct samples has non-zero advantages.
+    (The reward of 7 values it replaces tied within a group one time in 7; a step whose two groups
+    both tied, about 1 in 49, had no gradient and failed the tests' `grad_norm > 0`.)"""
 
     async def execute(self, workflow_task, tuner):
         client = tuner.as_raw_openai_sdk_client()
@@ -25,7 +30,8 @@ class AskOnce(Workflow):
             model="m", messages=[{"role": "user", "content": workflow_task.task.main_query}], max_tokens=8
         )
         text = reply.choices[0].message.content or ""
-        return WorkflowOutput(reward=(sum(map(ord, text)) % 7) / 6.0, metadata={"final_answer": text})
+        reward = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 2**32
+        return WorkflowOutput(reward=reward, metadata={"final_answer": text})
 '''
 
 

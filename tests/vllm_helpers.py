@@ -9,6 +9,7 @@ default-initialised random model has near-uniform logits over 151,936 tokens and
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -65,14 +66,15 @@ def token_logprobs(model, prompt: list[int], continuation: list[int], temperatur
 
 
 class ReplyShapeJudge(BaseJudge):
-    """A judge for random models: reward = (sum of the final answer's code points mod 7) / 6.
+    """A judge for random models: a reward in [0, 1) fixed by the final answer's text (its SHA-256).
 
     A random model never solves GSM8K, so the math judge gives every episode 0, GRPO advantages are
-    all 0 and the weights never move. This reward differs between different replies of a group, so
-    training changes the policy and a broken weight sync shows up as a logprob gap.
+    all 0 and the weights never move. This reward differs between different replies of a group (two
+    tie about once in 2**32), so training changes the policy and a broken weight sync shows up as a
+    logprob gap.
     """
 
     def compute_reward(self, workflow_task, workflow_output):
         answer = str(workflow_output.metadata.get("final_answer") or "")
-        reward = (sum(map(ord, answer)) % 7) / 6.0
+        reward = int(hashlib.sha256(answer.encode()).hexdigest()[:8], 16) / 2**32
         return reward, reward > 0.5

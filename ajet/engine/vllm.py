@@ -60,14 +60,18 @@ INSTALL_HINT = (
 _WORKER_EXTENSION = "ajet.engine.vllm_worker.AjetWeightLoader"
 # Host memory one bucket of weights may take on the way to vLLM (the shared file is this long).
 DEFAULT_BUCKET_BYTES = 512 << 20
-# CPU KV cache when neither kv_cache_memory_bytes nor VLLM_CPU_KVCACHE_SPACE is given: enough for
-# max_batch_size full-length sequences, within these bounds (vLLM's own default is 4 GiB, too much
-# beside a trainer on a laptop).
 # Torch threads of vLLM's engine process on the CPU unless cpu_threads / OMP_NUM_THREADS say otherwise.
 # None keeps vLLM's own choice (1 thread; it sets 1 because idle OMP threads spin between ops).
 DEFAULT_CPU_THREADS: int | None = None
+# CPU KV cache when neither kv_cache_memory_bytes nor VLLM_CPU_KVCACHE_SPACE is given: enough for
+# max_batch_size full-length sequences, within these bounds (vLLM's own default is 4 GiB, too much
+# beside a trainer on a laptop).
 _CPU_KV_MIN_BYTES = 64 << 20
 _CPU_KV_MAX_BYTES = 2 << 30
+# vLLM torch.compiles the model at start-up unless enforce_eager. On the 2-core CPU, Qwen2.5-0.5B in
+# float32 (bench/RESULTS.md section 9): start-up 195.6 s compiled, 43.2 s eager; decoding 4.5 vs
+# 3.7 tok/s at 1 episode and 13.8 vs 13.8 at 8. Rollouts run many episodes at once, so eager.
+CPU_ENFORCE_EAGER = True
 
 
 @contextlib.contextmanager
@@ -143,8 +147,10 @@ class VLLMEngine(GatedEngine):
             `bucket_bytes`; may be changed between updates).
         cpu_threads: on the CPU, torch threads of vLLM's engine process (its OMP_NUM_THREADS). None:
             DEFAULT_CPU_THREADS, or OMP_NUM_THREADS when set. vLLM alone would use 1.
+        enforce_eager: run the model eagerly (no torch.compile, no CUDA graphs). None: True on the
+            CPU, vLLM's default (False) on a GPU.
         engine_kwargs: anything else for vllm.AsyncEngineArgs (gpu_memory_utilization,
-            tensor_parallel_size, enforce_eager, enable_prefix_caching, ...).
+            tensor_parallel_size, enable_prefix_caching, ...).
     """
 
     def __init__(
@@ -159,6 +165,7 @@ class VLLMEngine(GatedEngine):
         kv_cache_memory_bytes: int | None = None,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         cpu_threads: int | None = None,
+        enforce_eager: bool | None = None,
         **engine_kwargs: Any,
     ) -> None:
         from ajet.engine.hf import default_stop_token_ids
@@ -187,6 +194,9 @@ class VLLMEngine(GatedEngine):
             kv_cache_memory_bytes = cpu_kv_cache_bytes(model, max_batch_size * max_model_len)
         if kv_cache_memory_bytes is not None:
             engine_kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
+        if enforce_eager is None:
+            enforce_eager = CPU_ENFORCE_EAGER if self.on_cpu else False
+        engine_kwargs["enforce_eager"] = enforce_eager
         args = vllm.AsyncEngineArgs(
             model=model,
             max_model_len=max_model_len,
