@@ -16,6 +16,12 @@ the cores), which gives both arms the same steps in the same wall time.
     python bench/learning_curve.py --steps 20 --out-dir runs/lc --resume      # continue both to step 20
     python bench/learning_curve.py --steps 30 rollout.temperature=1.0         # overrides go to every arm
     python bench/learning_curve.py --steps 30 --out-dir runs/lc --report-only # the report of an interrupted run
+    python bench/learning_curve.py --steps 8 --fit-tasks 0 1 2 3 --parallel   # the fitting check (below)
+
+The fitting check (`--fit-tasks I ...`) trains on the named GSM8K test questions themselves, all of
+them in every step, and evaluates the same ones. It separates two reasons a curve can stay flat: an
+update that cannot raise the reward even on the questions it trains on (a broken pipeline, a bad
+rate), and one that can but has seen too few episodes to generalise.
 
 Cost on a 2-core CPU: a GRPO step of the tutorial's defaults, plus a greedy pass over the held-out
 questions three times (before; after each arm); see bench/RESULTS.md, section 7, for the measured
@@ -46,13 +52,31 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
-from _common import RESULTS_DIR, environment, print_table, write_results  # noqa: E402
+from _common import GSM8K_DIR, RESULTS_DIR, environment, open_text, print_table, write_results  # noqa: E402
 
 TUTORIAL_YAML = REPO / "tutorial" / "example_math_agent" / "math_agent.yaml"
 ARMS = {"policy": 1.0, "control": -1.0}  # advantage sign
 
 
 # ------------------------------------------------------------------ one arm (child process)
+
+
+def fit_overrides(indices: list[int], out_dir: Path) -> list[str]:
+    """Write the GSM8K test questions at `indices` to one file and point training and validation at it,
+    all of them in every step (train_batch_size = their number)."""
+    with open_text(GSM8K_DIR / "test.jsonl.gz") as handle:
+        rows = handle.read().splitlines()
+    if not indices or any(not 0 <= i < len(rows) for i in indices) or len(set(indices)) != len(indices):
+        raise SystemExit(f"--fit-tasks: distinct indices into GSM8K's test split (0..{len(rows) - 1}), got {indices}")
+    path = out_dir / "fit_tasks.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(rows[i] + "\n" for i in indices))
+    return [
+        "task_reader.type=dataset_file",
+        f"task_reader.dataset_file.training.file_path={path}",
+        f"task_reader.dataset_file.validation.file_path={path}",
+        f"data.train_batch_size={len(indices)}",
+    ]
 
 
 def arm_overrides(args: argparse.Namespace, arm: str, run_dir: Path) -> list[str]:
@@ -167,7 +191,7 @@ def arm_report(run_dir: Path, steps: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ the plot
 
 
-def write_plot(report: dict[str, Any], path: Path) -> Path:
+def write_plot(report: dict[str, Any], path: Path, questions: str = "held-out") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,9 +222,9 @@ def write_plot(report: dict[str, Any], path: Path) -> Path:
         right.bar(xs, values, width=width, label=label)
         for x, v in zip(xs, values):
             right.text(x, v + 0.01, f"{100 * v:.0f}%", ha="center", fontsize=7)
-    right.set_xticks([0, 1], ["held-out accuracy", "tool-call rate"])
+    right.set_xticks([0, 1], [f"{questions} accuracy", "tool-call rate"])
     right.set_ylim(0, 1.05)
-    right.set_title(f"{int(before['episodes']) if before else '?'} GSM8K test questions, greedy", fontsize=9)
+    right.set_title(f"{int(before['episodes']) if before else '?'} {questions} GSM8K test questions, greedy", fontsize=9)
     right.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue the arms in --out-dir from their last checkpoints up to --steps "
                              "(evaluating again at --steps) instead of starting them afresh")
+    parser.add_argument("--fit-tasks", type=int, nargs="+", metavar="I", default=None,
+                        help="the fitting check: train on these GSM8K test questions (0-based), all of them in "
+                             "every step, and evaluate the same ones (replaces --eval-tasks)")
     parser.add_argument("--child", choices=list(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides for every arm")
@@ -267,9 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--report-only and --resume need --out-dir (the run directories to read)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = args.out_dir or REPO / "runs" / f"learning_curve-{stamp}"
+    questions = "held-out"
+    if args.fit_tasks:
+        args.overrides = [*args.overrides, *fit_overrides(args.fit_tasks, out_dir)]
+        args.eval_tasks, questions = len(args.fit_tasks), "trained-on"
     report: dict[str, Any] = {"env": environment(), "settings": {
         "steps": args.steps, "eval_tasks": args.eval_tasks, "conf": str(args.conf.relative_to(REPO) if args.conf.is_relative_to(REPO) else args.conf),
-        "overrides": args.overrides, "report_only": args.report_only, "parallel": args.parallel, "resume": args.resume, "command": " ".join(["python", "bench/learning_curve.py", *(argv or sys.argv[1:])]),
+        "overrides": args.overrides, "report_only": args.report_only, "parallel": args.parallel, "resume": args.resume, "fit_tasks": args.fit_tasks, "command": " ".join(["python", "bench/learning_curve.py", *(argv or sys.argv[1:])]),
     }, "arms": {}, "processes": {}}
     if not args.report_only:
         # Side by side, each arm gets an equal share of the cores, so both finish their steps in the
@@ -290,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     report["before"] = next((a["before"] for a in report["arms"].values() if a["before"]), None)
 
     rows = []
-    for key, label in [("accuracy", "held-out accuracy"), ("tool_call_rate", "tool-call rate"),
+    for key, label in [("accuracy", f"{questions} accuracy"), ("tool_call_rate", "tool-call rate"),
                        ("silent_tool_call_share", "tool calls printing nothing"), ("format_error_rate", "format-error rate"),
                        ("turns_mean", "turns / episode"), ("response_tokens_mean", "sampled tokens / episode"),
                        ("truncated_turn_rate", "turns cut by the token cap")]:
@@ -307,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['processes'][name]['peak_rss_mb'] / 1024:.2f}" if name in report["processes"] else "-"
         for name in report["arms"]])
     rows.append(["checkpoint (MB)", ""] + [f"{arm['checkpoint_mb']:.1f}" if arm["checkpoint_mb"] else "-" for arm in report["arms"].values()])
-    print_table(f"learning curve: {args.steps} steps, {args.eval_tasks} held-out questions",
+    print_table(f"learning curve: {args.steps} steps, {args.eval_tasks} {questions} questions",
                 ["", "before", *[f"after ({a})" for a in report["arms"]]], rows)
     path = write_results("learning_curve", report, args.results_dir)
-    plot = write_plot(report, args.results_dir / "learning_curve.png")
+    plot = write_plot(report, args.results_dir / ("learning_curve-fit.png" if args.fit_tasks else "learning_curve.png"), questions)
     print(f"wrote {path} and {plot}; run directories under {out_dir}")
     return 1 if any(p["returncode"] != 0 for p in report["processes"].values()) else 0
 

@@ -93,3 +93,36 @@ def test_both_arms_run_and_the_report_has_every_figure(tmp_path):
     assert rebuilt["arms"]["control"]["after"] is None
     assert rebuilt["before"] == report["before"]
     assert (rebuilt_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_curve_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_fitting_check_trains_and_evaluates_on_the_same_named_questions(tmp_path):
+    """--fit-tasks 3 0: both splits read exactly GSM8K test questions 3 and 0, and one step takes both."""
+    import gzip
+
+    from ajet.config import load_config
+    from ajet.task_reader import build_task_reader
+
+    bench = _bench_module()
+    overrides = bench.fit_overrides([3, 0], tmp_path)
+    cfg = load_config(bench.TUTORIAL_YAML, overrides)
+    with gzip.open(REPO / "data" / "gsm8k" / "test.jsonl.gz", "rt") as handle:
+        rows = [json.loads(line) for line in handle]
+    wanted = {rows[3]["question"], rows[0]["question"]}
+    reader = build_task_reader(cfg)
+    assert {t.main_query for t in reader.train_tasks()} == wanted
+    assert [t.main_query for t in reader.val_tasks()] == [rows[3]["question"], rows[0]["question"]]
+    assert reader.val_tasks()[0].metadata["reference_answer"] == rows[3]["answer"].split("####")[-1].strip()
+    assert cfg.data.train_batch_size == 2
+
+    for bad in ([0, 0], [-1], [len(rows)]):
+        with pytest.raises(SystemExit, match="--fit-tasks"):
+            bench.fit_overrides(bad, tmp_path)

@@ -12,17 +12,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 WORKFLOW = '''
-import hashlib
-
 from ajet.schema import WorkflowOutput
+from ajet.testing.reply_hash import reply_hash_reward
 from ajet.workflow import Workflow
 
 
 class AskOnce(Workflow):
-    """One model call; the reward is a number in [0, 1) fixed by the reply's text, so two different
-    replies tie about once in 2**32 and every GRPO group of distinct samples has non-zero advantages.
-    (The reward of 7 values it replaces tied within a group one time in 7; a step whose two groups
-    both tied, about 1 in 49, had no gradient and failed the tests' `grad_norm > 0`.)"""
+    """One model call, rewarded by a hash of the reply: every GRPO group of distinct samples has
+    non-zero advantages, so `grad_norm > 0` holds at every step."""
 
     async def execute(self, workflow_task, tuner):
         client = tuner.as_raw_openai_sdk_client()
@@ -30,7 +27,7 @@ class AskOnce(Workflow):
             model="m", messages=[{"role": "user", "content": workflow_task.task.main_query}], max_tokens=8
         )
         text = reply.choices[0].message.content or ""
-        reward = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 2**32
+        reward = reply_hash_reward(text)
         return WorkflowOutput(reward=reward, metadata={"final_answer": text})
 '''
 

@@ -9,13 +9,13 @@ default-initialised random model has near-uniform logits over 151,936 tokens and
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import torch
 
 from ajet.judge.base import BaseJudge
+from ajet.testing.reply_hash import reply_hash_reward
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "generation_config.json")
 
@@ -66,15 +66,9 @@ def token_logprobs(model, prompt: list[int], continuation: list[int], temperatur
 
 
 class ReplyShapeJudge(BaseJudge):
-    """A judge for random models: a reward in [0, 1) fixed by the final answer's text (its SHA-256).
-
-    A random model never solves GSM8K, so the math judge gives every episode 0, GRPO advantages are
-    all 0 and the weights never move. This reward differs between different replies of a group (two
-    tie about once in 2**32), so training changes the policy and a broken weight sync shows up as a
-    logprob gap.
-    """
+    """A judge for random models: the final answer's `reply_hash_reward` (the math judge would give a
+    random model 0 everywhere, so nothing would train)."""
 
     def compute_reward(self, workflow_task, workflow_output):
-        answer = str(workflow_output.metadata.get("final_answer") or "")
-        reward = int(hashlib.sha256(answer.encode()).hexdigest()[:8], 16) / 2**32
+        reward = reply_hash_reward(str(workflow_output.metadata.get("final_answer") or ""))
         return reward, reward > 0.5
