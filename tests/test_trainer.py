@@ -250,6 +250,47 @@ def test_train_step_moves_sequence_logprob_with_advantage(sign):
     assert metrics["grad_norm"] > 0 and metrics["entropy"] > 0
 
 
+def _weights(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_a_batch_whose_groups_all_tied_leaves_the_weights_where_they_are():
+    """All advantages 0 after a real step: AdamW's momentum and weight decay must not move the weights."""
+    model = tiny_model()
+    samples = make_samples(model, n=2)
+    trainer = PolicyTrainer(model, None, trainer_cfg(**{"micro_batch_size": 1, "optim.weight_decay": 0.1}))
+    trainer.train_step(samples, [1.0, -1.0], temperature=1.0)  # leaves momentum in AdamW
+    before = _weights(trainer.model)
+    metrics = trainer.train_step(samples, [0.0, 0.0], temperature=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(trainer.model)))
+    assert metrics["no_signal"] == 1.0 and metrics["grad_norm"] == 0.0 and metrics["loss"] == 0.0
+    assert metrics["tokens"] == sum(len(s.input_ids) for s in samples)
+    assert trainer.global_step == 2  # the lr schedule still counts it
+
+
+def test_a_tied_mini_batch_among_others_takes_no_optimizer_step():
+    model = tiny_model()
+    samples = make_samples(model, n=4)
+    trainer = PolicyTrainer(model, None, trainer_cfg(mini_batch_num=2, micro_batch_size=1))
+    trainer.train_step(samples[:2], [1.0, -1.0], temperature=1.0)
+    steps_before = [trainer.optimizer.state[p]["step"].item() for p in trainer.params]
+    metrics = trainer.train_step(samples, [1.0, -1.0, 0.0, 0.0], temperature=1.0)  # second mini-batch tied
+    steps_after = [trainer.optimizer.state[p]["step"].item() for p in trainer.params]
+    assert all(after == before + 1 for before, after in zip(steps_before, steps_after))
+    assert metrics["no_signal"] == 0.0
+
+
+def test_a_tied_batch_still_trains_when_the_kl_term_pulls_towards_the_reference():
+    model = tiny_model()
+    samples = make_samples(model, n=2)
+    trainer = PolicyTrainer(model, None, trainer_cfg(use_kl_loss=True, kl_loss_coef=0.5))
+    trainer.train_step(samples, [1.0, -1.0], 1.0)  # policy now differs from the reference
+    before = _weights(trainer.model)
+    metrics = trainer.train_step(samples, [0.0, 0.0], 1.0)
+    assert metrics["no_signal"] == 0.0 and metrics["kl"] > 0 and metrics["grad_norm"] > 0
+    assert not all(torch.equal(a, b) for a, b in zip(before, _weights(trainer.model)))
+
+
 def test_rollout_logprob_gap_is_measured_before_the_update():
     model = tiny_model()
     samples = make_samples(model, n=3)

@@ -188,6 +188,8 @@ class PolicyTrainer:
 
         seqs = [self._to_seq(s, a) for s, a in zip(samples, advantages)]
         total_tokens = sum(int(s.input_ids.numel()) for s in seqs)
+        if not self._loss_depends_on_weights(advantages):
+            return self._no_signal_update(seqs, total_tokens, start)
         # Pre-update logprobs need their own pass when an earlier optimizer step would otherwise
         # have changed the weights before a mini-batch's first forward, or when they shape the loss.
         separate_pass = tis_cap is not None or band != (None, None) or ppo_epochs * mini_batch_num > 1
@@ -234,6 +236,7 @@ class PolicyTrainer:
             ratio_max=ratio_max,
             grad_norm=sum(finite) / len(finite) if finite else float("nan"),
             skipped_steps=float(steps - len(finite)),
+            no_signal=0.0,
             lr=lr,
             tokens=float(total_tokens),
             trained_tokens=float(sum(int(s.loss_mask.sum()) for s in seqs)),
@@ -241,6 +244,31 @@ class PolicyTrainer:
             update_time=elapsed,
         )
         return metrics
+
+    def _loss_depends_on_weights(self, advantages: Sequence[float]) -> bool:
+        """False when the loss is identically 0: every advantage is 0 (all groups tied) and neither
+        a KL nor an entropy term is on. The policy-gradient term is -A * f(ratio) for every loss mode."""
+        return self.use_kl or self.cfg.entropy_coeff != 0.0 or any(a != 0.0 for a in advantages)
+
+    def _no_signal_update(self, seqs: list[_Seq], total_tokens: int, start: float) -> dict[str, float]:
+        """The update of a batch that carries no gradient: no forward or backward pass and no optimizer
+        step. Stepping AdamW on a zero gradient would still move the weights, by its momentum from
+        earlier batches and its weight decay, on a batch that says nothing. The lr schedule advances,
+        as it does for every train_step call."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.global_step += 1
+        return {
+            "loss": 0.0,
+            "pg_loss": 0.0,
+            "grad_norm": 0.0,
+            "skipped_steps": 0.0,
+            "no_signal": 1.0,
+            "lr": lr,
+            "tokens": float(total_tokens),
+            "trained_tokens": float(sum(int(s.loss_mask.sum()) for s in seqs)),
+            "update_time": time.perf_counter() - start,
+        }
 
     @staticmethod
     def _apply_rollout_correction(seqs: list[_Seq], tis_cap: float | None, band: tuple[float | None, float | None]) -> dict[str, float]:
@@ -338,13 +366,15 @@ class PolicyTrainer:
         return out
 
     def _optimizer_step(self) -> float:
-        """Clip and step; a non-finite gradient norm skips the step (one bad batch must not poison the weights)."""
+        """Clip and step. A non-finite gradient norm skips the step (one bad batch must not poison the
+        weights), and so does a zero one (a mini-batch whose groups all tied): AdamW would still move
+        the weights by its momentum and weight decay."""
         max_norm = self.cfg.optim.grad_clip or float("inf")  # null = no clipping
         grads_exist = any(p.grad is not None for p in self.params)
         if not grads_exist:
             return 0.0
         norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-        if math.isfinite(norm):
+        if math.isfinite(norm) and norm > 0.0:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
